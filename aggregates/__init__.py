@@ -1,0 +1,1 @@
+"""The domain: event-sourced aggregates. Pure Python, no I/O."""

@@ -1,0 +1,1 @@
+"""HTTP entrypoint: thin Starlette routes over the command handlers and read models."""

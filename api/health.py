@@ -1,0 +1,43 @@
+"""Liveness, readiness and the API description."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.responses import JSON
+
+
+async def healthz(request: Request) -> Response:
+    return JSON({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    service = request.app.state.service
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(2):
+            async with service.read_pool.connection() as conn:
+                await conn.execute("SELECT 1")
+        checks["postgresql"] = "ok"
+    except Exception as error:
+        checks["postgresql"] = f"unreachable: {type(error).__name__}"
+    checks["nats"] = "ok" if service.nc.is_connected else "unreachable"
+    ready = all(v == "ok" for v in checks.values())
+    return JSON({"status": "ready" if ready else "not ready", "checks": checks,
+                 "leading": sorted(service.leading)},
+                status_code=200 if ready else 503)
+
+
+async def openapi(request: Request) -> Response:
+    return JSON(request.app.state.openapi)
+
+
+ROUTES = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+]

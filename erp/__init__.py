@@ -1,0 +1,1 @@
+"""Composition root of the ERP service: settings, wiring, CLI and embedded servers."""

@@ -1,0 +1,138 @@
+"""The one place where the service is wired: used by the server, the CLI and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+import structlog
+from nats.js import JetStreamContext
+from psycopg_pool import AsyncConnectionPool
+
+from erp.embedded import EmbeddedNats, EmbeddedPostgres
+from erp.eventstore import ErpEventStore, GroupCommitter, close_store, store_for
+from erp.handlers import Commands
+from erp.settings import Settings
+from projections.base import Projection
+from projections.opportunities import OpportunitiesProjection
+from projections.positions import ReadModelPositions
+from projections.runner import ProjectorRunner, ensure_schema
+from streams.jetstream import connect, ensure_stream
+from streams.leadership import lead
+from streams.relay import Relay
+
+log = structlog.get_logger("erp")
+
+
+def all_projections() -> list[Projection]:
+    return [OpportunitiesProjection()]
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    database_url: str
+    nats_url: str
+
+
+@contextlib.contextmanager
+def servers(settings: Settings, *, durable: bool = True) -> Iterator[Endpoints]:
+    """The configured servers, or embedded ones under `settings.data_dir` for as long as needed."""
+    with contextlib.ExitStack() as stack:
+        database_url = settings.database_url
+        nats_url = settings.nats_url
+        data_dir = Path(settings.data_dir)
+        if database_url is None:
+            postgres = stack.enter_context(EmbeddedPostgres(data_dir / "postgres", durable=durable))
+            database_url = postgres.url
+            log.info("embedded PostgreSQL started", url=database_url, data=str(postgres.data_dir))
+        if nats_url is None:
+            nats_server = stack.enter_context(EmbeddedNats(data_dir / "nats"))
+            nats_url = nats_server.url
+            log.info("embedded nats-server started", url=nats_url, data=str(nats_server.data_dir))
+        yield Endpoints(database_url, nats_url)
+
+
+@dataclass
+class Service:
+    """Everything a process of the service runs, started and stopped together."""
+
+    settings: Settings
+    endpoints: Endpoints
+    store: ErpEventStore = field(init=False)
+    committer: GroupCommitter = field(init=False)
+    commands: Commands = field(init=False)
+    nc: nats.NATS = field(init=False)
+    js: JetStreamContext = field(init=False)
+    read_pool: AsyncConnectionPool[Any] = field(init=False)
+    positions: ReadModelPositions = field(init=False)
+    relay: Relay | None = field(init=False, default=None)
+    projectors: list[ProjectorRunner] = field(init=False, default_factory=list)
+    leading: set[str] = field(init=False, default_factory=set)
+    _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
+
+    async def start(self) -> None:
+        s, url = self.settings, self.endpoints.database_url
+        self.store = await asyncio.to_thread(store_for, url, s.db_pool_size)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            for projection in all_projections():
+                await ensure_schema(conn, projection)
+        self.committer = GroupCommitter(self.store, s.group_commit_max)
+        self.commands = Commands(self.store, self.committer, s.command_retries)
+        self.nc = await connect(self.endpoints.nats_url, name="erp-service")
+        self.js = self.nc.jetstream(publish_async_max_pending=4000)
+        await ensure_stream(self.js, s.stream, s.stream_replicas)
+        self.read_pool = AsyncConnectionPool(
+            url, min_size=1, max_size=s.db_pool_size, open=False,
+            kwargs={"autocommit": True, "application_name": "erp-api"},
+        )
+        await self.read_pool.open()
+        self.positions = ReadModelPositions(url)
+        self._spawn("group-commit", self.committer.run())
+        self._spawn("positions", self.positions.run())
+        if s.run_relay:
+            self.relay = Relay(
+                self.store, url, self.js, s.stream, batch_size=s.relay_batch_size,
+                idle_catch_up_seconds=s.relay_idle_catch_up_seconds,
+                ack_timeout_seconds=s.publish_ack_timeout_seconds,
+            )
+            self._spawn("relay", lead(url, f"relay:{s.stream}", self.relay.run,
+                                      on_change=self._leading("relay")))
+        if s.run_projectors:
+            for projection in all_projections():
+                runner = ProjectorRunner(
+                    projection, url, self.js, s.stream, batch_size=s.projector_batch_size
+                )
+                self.projectors.append(runner)
+                role = f"projector:{projection.name}"
+                self._spawn(role, lead(url, f"{role}:{s.stream}", runner.run,
+                                       on_change=self._leading(role)))
+
+    def _leading(self, role: str) -> Any:
+        def changed(leading: bool) -> None:
+            (self.leading.add if leading else self.leading.discard)(role)
+        return changed
+
+    def _spawn(self, name: str, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        task.add_done_callback(_log_crash)
+        self._tasks.append(task)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        await self.read_pool.close()
+        await asyncio.to_thread(close_store, self.store)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task crashed", task=task.get_name(), error=repr(task.exception()))

@@ -1,0 +1,47 @@
+"""Configuration from `ERP_`-prefixed environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ERP_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL. Unset: start an embedded PostgreSQL under data_dir.",
+    )
+    nats_url: str | None = Field(
+        default=None,
+        description="NATS URL. Unset: start an embedded nats-server with JetStream.",
+    )
+    data_dir: Path = Field(
+        default=Path(".erp-data"), description="Folder for embedded servers' data."
+    )
+    stream: str = Field(default="ERP", description="JetStream stream the relay writes.")
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    log_level: str = Field(default="info")
+    log_json: bool = Field(default=True, description="JSON logs (false: console).")
+
+    run_relay: bool = Field(default=True, description="Take part in relay leadership.")
+    run_projectors: bool = Field(default=True, description="Take part in projector leadership.")
+
+    relay_batch_size: int = Field(default=2000, ge=1, le=4000)
+    relay_idle_catch_up_seconds: float = Field(
+        default=5.0, gt=0, description="Catch-up read after this long without a NOTIFY."
+    )
+    publish_ack_timeout_seconds: float = Field(default=10.0, gt=0)
+    projector_batch_size: int = Field(default=1000, ge=1)
+
+    db_pool_size: int = Field(default=8, ge=1)
+    command_retries: int = Field(
+        default=3, ge=0, description="Transparent retries of a command after a version clash."
+    )
+    group_commit_max: int = Field(default=256, ge=1, description="Commands saved per transaction.")
+    read_wait_max_seconds: float = Field(
+        default=5.0, gt=0, description="Longest a query may wait for its read model to catch up."
+    )

@@ -1,0 +1,91 @@
+"""How far each read model has got, for queries that must see their own writes.
+
+A command answers with its log position; a query may ask to wait until the read
+model has applied that position. Projectors NOTIFY after each batch; one LISTEN
+connection per process keeps the positions and wakes the waiting queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import structlog
+
+from projections.base import POSITIONS_CHANNEL
+
+log = structlog.get_logger("erp.positions")
+
+
+class NotCaughtUp(Exception):
+    def __init__(self, projection: str, wanted: int, reached: int, timeout: float) -> None:
+        super().__init__(
+            f"read model {projection!r} has reached log position {reached}, "
+            f"not {wanted}, after waiting {timeout:g} s"
+        )
+        self.projection = projection
+        self.wanted = wanted
+        self.reached = reached
+
+
+class ReadModelPositions:
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
+        self._positions: dict[str, int] = {}
+        self._changed = asyncio.Condition()
+
+    def position(self, projection: str) -> int:
+        return self._positions.get(projection, 0)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("position listener reconnecting", error=repr(error))
+                await asyncio.sleep(1.0)
+
+    async def _listen(self) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            self._database_url, autocommit=True, application_name="erp-positions"
+        ) as conn:
+            await conn.execute(f"LISTEN {POSITIONS_CHANNEL}")
+            await self._reload(conn)
+            async for notify in conn.notifies():
+                name, _, position = notify.payload.rpartition(":")
+                await self._advance({name: int(position)})
+
+    async def _reload(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            cur = await conn.execute("SELECT name, log_position FROM projection_checkpoints")
+        except psycopg.errors.UndefinedTable:
+            return
+        await self._advance({name: int(pos) for name, pos in await cur.fetchall()})
+
+    async def _advance(self, positions: dict[str, int]) -> None:
+        async with self._changed:
+            for name, position in positions.items():
+                if position > self._positions.get(name, 0):
+                    self._positions[name] = position
+            self._changed.notify_all()
+
+    async def wait(self, projection: str, position: int, timeout: float) -> None:
+        if self.position(projection) >= position:
+            return
+        try:
+            async with self._changed:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self.position(projection) >= position),
+                    timeout,
+                )
+        except TimeoutError:
+            # The listener may have missed a NOTIFY while reconnecting: ask once.
+            async with await psycopg.AsyncConnection.connect(
+                self._database_url, autocommit=True
+            ) as conn:
+                await self._reload(conn)
+            if self.position(projection) < position:
+                raise NotCaughtUp(projection, position, self.position(projection), timeout) from None

@@ -1,0 +1,68 @@
+"""Connection to NATS and the definition of the ERP stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nats
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+log = structlog.get_logger("erp.nats")
+
+SUBJECTS = ["erp.>"]
+DUPLICATE_WINDOW_SECONDS = 120.0
+
+
+def stream_config(name: str, replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=name,
+        subjects=SUBJECTS,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        num_replicas=replicas,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        description="ERP service events: subject = event type, written only by the relay",
+    )
+
+
+async def connect(url: str, name: str) -> nats.NATS:
+    async def on_error(error: Exception) -> None:
+        log.warning("nats error", error=str(error))
+
+    async def on_disconnected() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats reconnected")
+
+    client: nats.NATS = await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+    )
+    return client
+
+
+async def ensure_stream(js: JetStreamContext, name: str, replicas: int) -> None:
+    config = stream_config(name, replicas)
+    try:
+        await js.stream_info(name)
+    except NotFoundError:
+        await js.add_stream(config)
+        log.info("stream created", stream=name)
+        return
+    await js.update_stream(config)
+
+
+def header(msg: Any, name: str) -> str | None:
+    headers = msg.headers or {}
+    value = headers.get(name)
+    return str(value) if value is not None else None

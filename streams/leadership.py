@@ -1,0 +1,79 @@
+"""One active instance per role (relay, each projector), chosen by a PostgreSQL advisory lock.
+
+The lock belongs to a session: when the leader dies its connection closes and a
+waiting instance gets the lock at once. The leader pings its lock connection and
+stops its work the moment the connection (and so the lock) is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+
+import psycopg
+import structlog
+
+log = structlog.get_logger("erp.leadership")
+
+PING_SECONDS = 1.0
+RETRY_SECONDS = 1.0
+
+
+def lock_key(role: str) -> int:
+    digest = hashlib.blake2b(f"erp:{role}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def _watch(conn: psycopg.AsyncConnection[object]) -> None:
+    while True:
+        await asyncio.sleep(PING_SECONDS)
+        await conn.execute("SELECT 1")
+
+
+async def lead(
+    database_url: str,
+    role: str,
+    work: Callable[[], Awaitable[None]],
+    *,
+    on_change: Callable[[bool], None] | None = None,
+) -> None:
+    """Runs `work` whenever this instance holds the role's lock, for ever.
+
+    `work` restarts (after a pause) when it fails; it is cancelled when the lock is lost.
+    """
+    key = lock_key(role)
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                database_url, autocommit=True, connect_timeout=5,
+                application_name=f"erp-{role}-lock",
+            ) as conn:
+                log.info("waiting for leadership", role=role)
+                await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                log.info("leading", role=role)
+                if on_change:
+                    on_change(True)
+                try:
+                    await _race(work(), _watch(conn))
+                finally:
+                    if on_change:
+                        on_change(False)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("role stopped; retrying", role=role, error=repr(error))
+        await asyncio.sleep(RETRY_SECONDS)
+
+
+async def _race(*coroutines: Awaitable[None]) -> None:
+    """Runs until the first finishes or fails, cancelling the rest; re-raises its error."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

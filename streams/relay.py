@@ -1,0 +1,211 @@
+"""The relay: every stored event, in log order, into the JetStream stream exactly once.
+
+- Woken by the event store's NOTIFY; reads to the end of the log after every
+  (re)start and after an idle interval, since NOTIFY is not durable.
+- Resumes from a position it can prove: the log position in the header of the last
+  message in the stream. Nothing in PostgreSQL has to agree with the stream.
+- Publishes are pipelined, each one expecting the stream's last sequence to be the
+  one before it (`Nats-Expected-Last-Sequence`), so the server refuses anything that
+  would leave a gap or reorder; a refused or unacknowledged publish makes the relay
+  settle what is in flight and resume from the stream again. This needs the relay to
+  be the stream's only writer, and only one relay is active (see leadership).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import structlog
+from eventsourcing.persistence import StoredEvent
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from erp.eventstore import EVENTS_TABLE, ErpEventStore, event_metadata
+from streams import envelope as env
+from streams.catalogue import PUBLICATIONS
+from streams.jetstream import header
+
+log = structlog.get_logger("erp.relay")
+
+_SELECT = (
+    f"SELECT notification_id, originator_id, originator_version, topic, state "
+    f"FROM {EVENTS_TABLE} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+)
+
+
+class StreamRefused(Exception):
+    """The stream refused or did not acknowledge a publish; resume from the stream."""
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    position: int
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StreamHead:
+    """What the stream proves has been published."""
+
+    position: int  # log position of the last event in the stream (0: none)
+    last_seq: int  # the stream's last sequence number
+
+
+def to_message(store: ErpEventStore, row: dict[str, Any]) -> OutgoingMessage:
+    stored = StoredEvent(
+        originator_id=row["originator_id"],
+        originator_version=row["originator_version"],
+        topic=row["topic"],
+        state=bytes(row["state"]),
+    )
+    domain_event: Any = store.mapper.to_domain_event(stored)
+    publication = PUBLICATIONS[type(domain_event)]
+    metadata = event_metadata(domain_event)
+    aggregate_id = stored.originator_id
+    event_id = str(env.event_id(aggregate_id, stored.originator_version))  # type: ignore[arg-type]
+    payload = env.encode(
+        env.Envelope(
+            event_id=env.event_id(aggregate_id, stored.originator_version),  # type: ignore[arg-type]
+            event_type=publication.subject,
+            tenant_id=metadata.get("tenant_id", ""),
+            timestamp=domain_event.timestamp,
+            data=publication.to_payload(domain_event),
+        )
+    )
+    position = int(row["notification_id"])
+    return OutgoingMessage(
+        position=position,
+        subject=publication.subject,
+        payload=payload,
+        headers={
+            env.MSG_ID: event_id,
+            env.AGGREGATE_ID: str(aggregate_id),
+            env.AGGREGATE_TYPE: publication.aggregate_type,
+            env.AGGREGATE_VERSION: str(stored.originator_version),
+            env.LOG_POSITION: str(position),
+            env.CORRELATION_ID: metadata.get("correlation_id", event_id),
+            env.CAUSATION_ID: metadata.get("causation_id", event_id),
+            env.SCHEMA_VERSION: str(publication.schema_version),
+        },
+    )
+
+
+async def stream_head(js: JetStreamContext, stream: str) -> StreamHead:
+    """The last message the relay wrote, found from the end of the stream."""
+    state = (await js.stream_info(stream)).state
+    seq = state.last_seq
+    while state.messages and seq >= max(state.first_seq, 1):
+        msg = await js.get_msg(stream, seq=seq)
+        position = header(msg, env.LOG_POSITION)
+        if position is not None:
+            return StreamHead(position=int(position), last_seq=state.last_seq)
+        seq -= 1  # not one of ours (the relay should be the only writer)
+    return StreamHead(position=0, last_seq=state.last_seq)
+
+
+class Relay:
+    def __init__(
+        self,
+        store: ErpEventStore,
+        database_url: str,
+        js: JetStreamContext,
+        stream: str,
+        *,
+        batch_size: int,
+        idle_catch_up_seconds: float,
+        ack_timeout_seconds: float,
+    ) -> None:
+        self._store = store
+        self._database_url = database_url
+        self._js = js
+        self._stream = stream
+        self._batch_size = batch_size
+        self._idle = idle_catch_up_seconds
+        self._ack_timeout = ack_timeout_seconds
+        self.published_position = 0  # confirmed in the stream
+        self.published_total = 0
+        self.failures = 0
+
+    async def run(self) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            self._database_url, autocommit=True, application_name="erp-relay",
+            row_factory=psycopg.rows.dict_row,
+        ) as conn:
+            await conn.execute(f"LISTEN {EVENTS_TABLE}")
+            while True:
+                head = await stream_head(self._js, self._stream)
+                self.published_position = head.position
+                log.info("relay resuming", position=head.position, stream_seq=head.last_seq)
+                try:
+                    await self._follow(conn, head)
+                except StreamRefused as error:
+                    self.failures += 1
+                    log.warning("publish refused; resuming from the stream", error=str(error))
+                    await asyncio.sleep(0.2)
+
+    async def _follow(self, conn: psycopg.AsyncConnection[Any], head: StreamHead) -> None:
+        read_position = head.position
+        expected_seq = head.last_seq
+        in_flight: deque[tuple[int, asyncio.Future[PubAck], float]] = deque()
+        try:
+            while True:
+                cursor = await conn.execute(_SELECT, (read_position, self._batch_size))
+                rows = await cursor.fetchall()
+                for row in rows:
+                    message = to_message(self._store, row)
+                    headers = dict(message.headers)
+                    headers[env.EXPECTED_LAST_SEQUENCE] = str(expected_seq)
+                    future = await self._js.publish_async(
+                        message.subject, message.payload, headers=headers,
+                        wait_stall=self._ack_timeout,
+                    )
+                    expected_seq += 1
+                    in_flight.append((message.position, future, time.monotonic()))
+                    self._reap(in_flight, block=False)
+                if rows:
+                    read_position = int(rows[-1]["notification_id"])
+                if len(rows) == self._batch_size:
+                    continue
+                await self._settle(in_flight)
+                await self._wait_for_news(conn)
+        finally:
+            for _, future, _ in in_flight:
+                future.cancel()
+
+    def _reap(self, in_flight: deque[tuple[int, asyncio.Future[PubAck], float]], *,
+              block: bool) -> None:
+        """Confirms acknowledged publishes in order; raises on the first refusal."""
+        while in_flight and in_flight[0][1].done():
+            position, future, _ = in_flight.popleft()
+            if future.cancelled():
+                raise StreamRefused(f"publish of position {position} was cancelled")
+            error = future.exception()
+            if error is not None:
+                raise StreamRefused(f"position {position}: {error!r}")
+            ack = future.result()
+            if ack.duplicate:
+                raise StreamRefused(f"position {position} was already in the stream")
+            self.published_position = position
+            self.published_total += 1
+        if in_flight and time.monotonic() - in_flight[0][2] > self._ack_timeout:
+            raise StreamRefused(f"no acknowledgement within {self._ack_timeout} s")
+
+    async def _settle(self, in_flight: deque[tuple[int, asyncio.Future[PubAck], float]]) -> None:
+        if in_flight:
+            futures = [f for _, f, _ in in_flight]
+            await asyncio.wait(futures, timeout=self._ack_timeout)
+        self._reap(in_flight, block=True)
+
+    async def _wait_for_news(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Until a NOTIFY, or the idle interval for the catch-up read."""
+        async for _ in conn.notifies(timeout=self._idle, stop_after=1):
+            break
+        async for _ in conn.notifies(timeout=0):  # drop the rest of the backlog
+            pass
