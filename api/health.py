@@ -8,13 +8,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api.openapi import operation
 from api.responses import JSON
 
 
+@operation(summary="The process is alive")
 async def healthz(request: Request) -> Response:
     return JSON({"status": "ok"})
 
 
+@operation(summary="PostgreSQL and NATS are reachable (503 if not)", errors=(503,))
 async def readyz(request: Request) -> Response:
     service = request.app.state.service
     checks: dict[str, str] = {}
@@ -32,6 +35,7 @@ async def readyz(request: Request) -> Response:
                 status_code=200 if ready else 503)
 
 
+@operation(summary="This document")
 async def openapi(request: Request) -> Response:
     return JSON(request.app.state.openapi)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -11,6 +12,9 @@ from starlette.routing import BaseRoute, Route
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_CONVERTOR = re.compile(r"{(\w+):\w+}")
+_PATH_SCHEMAS = {"UUIDConvertor": {"type": "string", "format": "uuid"},
+                 "IntegerConvertor": {"type": "integer"}}
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 PROBLEM_SCHEMA = {
     "type": "object",
@@ -67,9 +71,10 @@ def document(routes: list[BaseRoute], title: str, version: str) -> dict[str, Any
         for method in sorted((route.methods or set()) - {"HEAD"}):
             op: dict[str, Any] = {"summary": spec.summary, "operationId": route.name,
                                   "parameters": [], "responses": {}}
-            for name in route.param_convertors:
+            for name, convertor in route.param_convertors.items():
+                schema = _PATH_SCHEMAS.get(type(convertor).__name__, {"type": "string"})
                 op["parameters"].append({"name": name, "in": "path", "required": True,
-                                         "schema": {"type": "string"}})
+                                         "schema": schema})
             for header, description in spec.headers:
                 op["parameters"].append({"name": header, "in": "header", "required": False,
                                          "description": description,
@@ -96,6 +101,6 @@ def document(routes: list[BaseRoute], title: str, version: str) -> dict[str, Any
                 op["responses"][str(status)] = {
                     "description": "problem", "content": {"application/problem+json": {
                         "schema": _PROBLEM}}}
-            paths.setdefault(route.path, {})[method.lower()] = op
+            paths.setdefault(_CONVERTOR.sub(r"{\1}", route.path), {})[method.lower()] = op
     return {"openapi": "3.1.0", "info": {"title": title, "version": version},
             "paths": paths, "components": {"schemas": components}}

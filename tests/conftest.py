@@ -1,0 +1,147 @@
+"""Real PostgreSQL and nats-server for the tests.
+
+With ERP_DATABASE_URL / ERP_NATS_URL set, those servers are used; otherwise the
+suite starts embedded ones on free ports under .erp-data/ and removes them after.
+Each test gets a database of its own and an empty ERP stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import psycopg
+import pytest
+from nats.js.errors import NotFoundError
+
+from api.app import create_app
+from erp.bootstrap import Endpoints, Service
+from erp.embedded import EmbeddedNats, EmbeddedPostgres
+from erp.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Endpoints]:
+    database_url = os.environ.get("ERP_DATABASE_URL")
+    nats_url = os.environ.get("ERP_NATS_URL")
+    data_dir = ROOT / ".erp-data" / f"tests-{os.getpid()}"
+    started: list[EmbeddedPostgres | EmbeddedNats] = []
+    try:
+        if not database_url:
+            postgres = EmbeddedPostgres(data_dir / "postgres", database="postgres", durable=False)
+            database_url = postgres.start()
+            started.append(postgres)
+        if not nats_url:
+            nats_server = EmbeddedNats(data_dir / "nats")
+            nats_url = nats_server.start()
+            started.append(nats_server)
+        yield Endpoints(database_url, nats_url)
+    finally:
+        for server in reversed(started):
+            server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def database_url(servers: Endpoints) -> Iterator[str]:
+    name = f"erp_test_{os.getpid()}_{next(_databases)}"
+    with psycopg.connect(servers.database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _with_database(servers.database_url, name)
+    with psycopg.connect(servers.database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def endpoints(servers: Endpoints, database_url: str) -> Endpoints:
+    """A fresh database and no ERP stream yet (the service creates it)."""
+    nc = await nats.connect(servers.nats_url)
+    try:
+        await nc.jetstream().delete_stream("ERP")
+    except NotFoundError:
+        pass
+    finally:
+        await nc.close()
+    return Endpoints(database_url, servers.nats_url)
+
+
+def settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {"relay_idle_catch_up_seconds": 1.0}
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture
+async def service(endpoints: Endpoints) -> AsyncIterator[Service]:
+    running = Service(settings(), endpoints)
+    await running.start()
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(service)  # the fixture runs the service; the app's lifespan is not used
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://erp.test",
+        headers={"X-Tenant-ID": "tenant-a"},
+    ) as http:
+        yield http
+
+
+@pytest.fixture
+async def js(servers: Endpoints) -> AsyncIterator[Any]:
+    nc = await nats.connect(servers.nats_url)
+    yield nc.jetstream()
+    await nc.close()
+
+
+def worker(command: str, endpoints: Endpoints, **env: str) -> subprocess.Popen[bytes]:
+    """Starts `erp relay` or `erp project` as a separate process (to kill it for real)."""
+    environment = {
+        **os.environ,
+        "ERP_DATABASE_URL": endpoints.database_url,
+        "ERP_NATS_URL": endpoints.nats_url,
+        "ERP_LOG_LEVEL": "warning",
+        **env,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "erp", command], env=environment, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+async def eventually(check: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Awaits `check()` until it returns a truthy value; fails with the last value after timeout."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"not reached within {timeout} s; last value: {last!r}")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
