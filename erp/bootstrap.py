@@ -97,7 +97,7 @@ class Service:
         self._spawn("positions", self.positions.run())
         if s.run_relay:
             self.relay = Relay(
-                self.store, url, self.js, s.stream, batch_size=s.relay_batch_size,
+                self.store, url, self.nc, s.stream, batch_size=s.relay_batch_size,
                 idle_catch_up_seconds=s.relay_idle_catch_up_seconds,
                 ack_timeout_seconds=s.publish_ack_timeout_seconds,
             )

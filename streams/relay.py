@@ -4,11 +4,13 @@
   (re)start and after an idle interval, since NOTIFY is not durable.
 - Resumes from a position it can prove: the log position in the header of the last
   message in the stream. Nothing in PostgreSQL has to agree with the stream.
-- Publishes are pipelined, each one expecting the stream's last sequence to be the
-  one before it (`Nats-Expected-Last-Sequence`), so the server refuses anything that
-  would leave a gap or reorder; a refused or unacknowledged publish makes the relay
-  settle what is in flight and resume from the stream again. This needs the relay to
-  be the stream's only writer, and only one relay is active (see leadership).
+- Publishes are pipelined and chained: the first after a resume expects the stream's
+  last sequence (`Nats-Expected-Last-Sequence`), every later one expects the previous
+  event's id to be the last message id (`Nats-Expected-Last-Msg-Id`). Once one publish
+  is refused or lost, every later one in flight is refused too, so the stream never
+  gets a gap or a reordering; the relay then settles what is in flight and resumes
+  from the stream again. This needs the relay to be the stream's only writer, and
+  only one relay is active (see leadership).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from typing import Any
 import psycopg
 import structlog
 from eventsourcing.persistence import StoredEvent
+import nats
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 
 from erp.eventstore import EVENTS_TABLE, ErpEventStore, event_metadata
 from streams import envelope as env
 from streams.catalogue import PUBLICATIONS
 from streams.jetstream import header
+from streams.publisher import Ack, PipelinedPublisher
 
 log = structlog.get_logger("erp.relay")
 
@@ -115,7 +118,7 @@ class Relay:
         self,
         store: ErpEventStore,
         database_url: str,
-        js: JetStreamContext,
+        nc: nats.NATS,
         stream: str,
         *,
         batch_size: int,
@@ -124,7 +127,8 @@ class Relay:
     ) -> None:
         self._store = store
         self._database_url = database_url
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         self._stream = stream
         self._batch_size = batch_size
         self._idle = idle_catch_up_seconds
@@ -134,6 +138,14 @@ class Relay:
         self.failures = 0
 
     async def run(self) -> None:
+        publisher = PipelinedPublisher(self._nc)
+        await publisher.start()
+        try:
+            await self._run(publisher)
+        finally:
+            await publisher.close()
+
+    async def _run(self, publisher: PipelinedPublisher) -> None:
         async with await psycopg.AsyncConnection.connect(
             self._database_url, autocommit=True, application_name="erp-relay",
             row_factory=psycopg.rows.dict_row,
@@ -144,31 +156,30 @@ class Relay:
                 self.published_position = head.position
                 log.info("relay resuming", position=head.position, stream_seq=head.last_seq)
                 try:
-                    await self._follow(conn, head)
+                    await self._follow(conn, publisher, head)
                 except StreamRefused as error:
                     self.failures += 1
                     log.warning("publish refused; resuming from the stream", error=str(error))
                     await asyncio.sleep(0.2)
 
-    async def _follow(self, conn: psycopg.AsyncConnection[Any], head: StreamHead) -> None:
+    async def _follow(
+        self, conn: psycopg.AsyncConnection[Any], publisher: PipelinedPublisher, head: StreamHead
+    ) -> None:
         read_position = head.position
-        expected_seq = head.last_seq
-        in_flight: deque[tuple[int, asyncio.Future[PubAck], float]] = deque()
+        expect = {env.EXPECTED_LAST_SEQUENCE: str(head.last_seq)}
+        in_flight: deque[tuple[int, asyncio.Future[Ack], float]] = deque()
         try:
             while True:
                 cursor = await conn.execute(_SELECT, (read_position, self._batch_size))
                 rows = await cursor.fetchall()
                 for row in rows:
                     message = to_message(self._store, row)
-                    headers = dict(message.headers)
-                    headers[env.EXPECTED_LAST_SEQUENCE] = str(expected_seq)
-                    future = await self._js.publish_async(
-                        message.subject, message.payload, headers=headers,
-                        wait_stall=self._ack_timeout,
+                    future = await publisher.publish(
+                        message.subject, message.payload, {**message.headers, **expect}
                     )
-                    expected_seq += 1
+                    expect = {env.EXPECTED_LAST_MSG_ID: message.headers[env.MSG_ID]}
                     in_flight.append((message.position, future, time.monotonic()))
-                    self._reap(in_flight, block=False)
+                    self._reap(in_flight)
                 if rows:
                     read_position = int(rows[-1]["notification_id"])
                 if len(rows) == self._batch_size:
@@ -179,8 +190,7 @@ class Relay:
             for _, future, _ in in_flight:
                 future.cancel()
 
-    def _reap(self, in_flight: deque[tuple[int, asyncio.Future[PubAck], float]], *,
-              block: bool) -> None:
+    def _reap(self, in_flight: deque[tuple[int, asyncio.Future[Ack], float]]) -> None:
         """Confirms acknowledged publishes in order; raises on the first refusal."""
         while in_flight and in_flight[0][1].done():
             position, future, _ = in_flight.popleft()
@@ -197,11 +207,11 @@ class Relay:
         if in_flight and time.monotonic() - in_flight[0][2] > self._ack_timeout:
             raise StreamRefused(f"no acknowledgement within {self._ack_timeout} s")
 
-    async def _settle(self, in_flight: deque[tuple[int, asyncio.Future[PubAck], float]]) -> None:
+    async def _settle(self, in_flight: deque[tuple[int, asyncio.Future[Ack], float]]) -> None:
         if in_flight:
             futures = [f for _, f, _ in in_flight]
             await asyncio.wait(futures, timeout=self._ack_timeout)
-        self._reap(in_flight, block=True)
+        self._reap(in_flight)
 
     async def _wait_for_news(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Until a NOTIFY, or the idle interval for the catch-up read."""

@@ -145,3 +145,73 @@ async def eventually(check: Any, timeout: float = 30.0, interval: float = 0.05) 
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+def record_history(database_url: str, opportunities: int, *, tenant: str = "tenant-a") -> int:
+    """Stores `opportunities` opportunities of 1 to 3 events each, straight into the event
+    store in batches; answers the number of events."""
+    from decimal import Decimal
+
+    from aggregates.opportunity import Opportunity
+    from erp.eventstore import EventMetadata, stamp, store_for
+
+    store = store_for(database_url, 2)
+    events = 0
+    try:
+        for start in range(0, opportunities, 500):
+            batch = []
+            for i in range(start, min(start + 500, opportunities)):
+                o = Opportunity.open(tenant_id=tenant, customer_id=f"c{i}", title=f"deal {i}",
+                                     owner=f"owner{i % 7}")
+                if i % 3:
+                    o.change_stage("proposal")
+                if i % 3 == 2:
+                    o.win(Decimal(i + 1))
+                stamp(o, EventMetadata(tenant, f"corr-{i}", f"cause-{i}"))
+                events += len(o.pending_events)
+                batch.append(o)
+            store.save(*batch)
+    finally:
+        store.close()
+    return events
+
+
+async def stream_matches_event_store(js: Any, database_url: str, total: int) -> None:
+    """The stream holds every stored event once, in log order, with no gap."""
+    from streams import envelope as env
+
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute(
+            "SELECT notification_id, originator_id, originator_version FROM erp_events "
+            "ORDER BY notification_id"
+        )
+        stored = await cur.fetchall()
+    assert len(stored) == total
+    info = await js.stream_info("ERP")
+    assert info.state.messages == total, "a duplicate or a missing event"
+    assert (info.state.first_seq, info.state.last_seq) == (1, total)
+    published = await read_stream(js, total)
+    for seq, ((position, aggregate_id, version), msg) in enumerate(
+        zip(stored, published, strict=True), start=1
+    ):
+        assert msg.metadata.sequence.stream == seq
+        assert msg.headers["Nats-Msg-Id"] == str(env.event_id(aggregate_id, version)), seq
+        assert msg.headers["Erp-Log-Position"] == str(position), seq
+
+
+async def read_stream(js: Any, count: int) -> list[Any]:
+    """The first `count` messages of the ERP stream, in order."""
+    received: list[Any] = []
+    done = asyncio.Event()
+
+    async def keep(msg: Any) -> None:
+        received.append(msg)
+        if len(received) >= count:
+            done.set()
+
+    sub = await js.subscribe("erp.>", stream="ERP", cb=keep, ordered_consumer=True)
+    try:
+        await asyncio.wait_for(done.wait(), 60)
+    finally:
+        await sub.unsubscribe()
+    return received[:count]

@@ -1,0 +1,90 @@
+"""Pipelined JetStream publishes whose refusals are reported, not lost.
+
+nats-py 2.16's `publish_async` raises a refused publish's error inside its reply
+callback instead of failing the future, so the future never completes. This keeps
+its own reply inbox and answers every publish with its acknowledgement or refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from dataclasses import dataclass
+
+import nats
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+
+class PublishRefused(Exception):
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Ack:
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+class PipelinedPublisher:
+    def __init__(self, nc: nats.NATS, max_pending: int = 4000) -> None:
+        self._nc = nc
+        self._inbox = nc.new_inbox()
+        self._pending: dict[str, asyncio.Future[Ack]] = {}
+        self._room = asyncio.Semaphore(max_pending)
+        self._tokens = itertools.count()
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+
+    async def close(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[Ack]:
+        """Sends one message; the future holds its acknowledgement. Waits while
+        `max_pending` publishes are unanswered."""
+        await self._room.acquire()
+        token = str(next(self._tokens))
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda _: self._room.release())
+        self._pending[token] = future
+        try:
+            await self._nc.publish(subject, payload, reply=f"{self._inbox}.{token}",
+                                   headers=headers)
+        except BaseException:
+            self._pending.pop(token, None)
+            future.cancel()
+            raise
+        return future
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._pending.pop(msg.subject.rpartition(".")[2], None)
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(PublishRefused(503, "no stream answered"))
+            return
+        try:
+            reply = json.loads(msg.data)
+        except ValueError:
+            future.set_exception(PublishRefused(0, f"unreadable reply {msg.data[:80]!r}"))
+            return
+        error = reply.get("error")
+        if error:
+            future.set_exception(
+                PublishRefused(int(error.get("err_code", 0)), str(error.get("description")))
+            )
+        else:
+            future.set_result(Ack(reply.get("stream", ""), int(reply["seq"]),
+                                  bool(reply.get("duplicate", False))))

@@ -1,0 +1,111 @@
+"""The relay under SIGKILL, takeover and a foreign writer: the stream always equals the log."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+from erp.bootstrap import Endpoints
+from erp.eventstore import store_for
+from streams.jetstream import ensure_stream
+from streams.relay import Relay
+from tests.conftest import eventually, record_history, stream_matches_event_store, worker
+
+
+async def messages(js: Any) -> int:
+    return int((await js.stream_info("ERP")).state.messages)
+
+
+async def wait_until_published(js: Any, at_least: int, timeout: float = 60) -> int:
+    async def reached() -> int:
+        count = await messages(js)
+        return count if count >= at_least else 0
+
+    return int(await eventually(reached, timeout=timeout, interval=0.002))
+
+
+async def test_relay_killed_mid_publishing_leaves_no_gap_or_duplicate(
+    endpoints: Endpoints, js: Any
+) -> None:
+    total = await asyncio.to_thread(record_history, endpoints.database_url, 10_000)
+    await ensure_stream(js, "ERP", 1)
+    killed_at = []
+    for threshold in (1, total // 3, 2 * total // 3):
+        relay = worker("relay", endpoints)
+        try:
+            killed_at.append(await wait_until_published(js, threshold))
+        finally:
+            relay.send_signal(signal.SIGKILL)
+            relay.wait()
+    assert all(0 < n < total for n in killed_at), f"not killed mid-publishing: {killed_at}"
+    relay = worker("relay", endpoints)
+    try:
+        await wait_until_published(js, total)
+        # It keeps following the log: new events arrive by NOTIFY.
+        more = await asyncio.to_thread(record_history, endpoints.database_url, 30)
+        await wait_until_published(js, total + more)
+        await asyncio.sleep(0.3)  # anything extra would show up now
+        await stream_matches_event_store(js, endpoints.database_url, total + more)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait()
+
+
+async def test_a_second_relay_takes_over_when_the_first_dies(
+    endpoints: Endpoints, js: Any
+) -> None:
+    total = await asyncio.to_thread(record_history, endpoints.database_url, 10_000)
+    await ensure_stream(js, "ERP", 1)
+    first = worker("relay", endpoints)
+    await wait_until_published(js, 1)
+    second = worker("relay", endpoints)
+    await asyncio.sleep(1.5)  # the second is up and waiting for the lock
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed_at = await messages(js)
+    died = time.monotonic()
+    try:
+        await wait_until_published(js, killed_at + 1)
+        takeover = time.monotonic() - died
+        await wait_until_published(js, total)
+        await stream_matches_event_store(js, endpoints.database_url, total)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait()
+    assert killed_at < total
+    assert takeover < 5, f"takeover took {takeover:.1f} s"
+
+
+async def test_the_stream_refuses_a_gap_and_the_relay_recovers(
+    endpoints: Endpoints, js: Any
+) -> None:
+    """A message written behind the relay's back breaks its expected sequence: the server
+    refuses the next publish and the relay resumes from what the stream holds."""
+    await ensure_stream(js, "ERP", 1)
+    first = await asyncio.to_thread(record_history, endpoints.database_url, 20)
+    store = await asyncio.to_thread(store_for, endpoints.database_url, 2)
+    relay = Relay(store, endpoints.database_url, js._nc, "ERP", batch_size=100,
+                  idle_catch_up_seconds=0.2, ack_timeout_seconds=5)
+    running = asyncio.create_task(relay.run())
+    try:
+        await wait_until_published(js, first)
+        await js.publish("erp.foreign.note", b"{}")  # not the relay's: no log position
+        second = await asyncio.to_thread(record_history, endpoints.database_url, 20)
+        await wait_until_published(js, first + 1 + second)
+        assert relay.failures >= 1
+        subjects = []
+        positions = []
+        for seq in range(1, first + 1 + second + 1):
+            msg = await js.get_msg("ERP", seq=seq)
+            subjects.append(msg.subject)
+            if msg.headers and "Erp-Log-Position" in msg.headers:
+                positions.append(int(msg.headers["Erp-Log-Position"]))
+        assert subjects.count("erp.foreign.note") == 1
+        assert len(positions) == first + second == len(set(positions))
+        assert positions == sorted(positions)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        store.close()
