@@ -1,0 +1,151 @@
+"""The projector under SIGKILL, redelivery and gaps: the read model equals the event store."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import psycopg
+import pytest
+
+from erp.bootstrap import Endpoints
+from erp.eventstore import store_for
+from projections.opportunities import OpportunitiesProjection
+from projections.runner import ProjectorRunner, Resubscribe, ensure_schema
+from streams.jetstream import ensure_stream
+from streams.relay import Relay
+from tests.conftest import eventually, read_stream, record_history, worker
+
+
+async def publish_all(endpoints: Endpoints, js: Any, total: int) -> None:
+    """Runs the relay in this process until the stream holds `total` events."""
+    await ensure_stream(js, "ERP", 1)
+    store = await asyncio.to_thread(store_for, endpoints.database_url, 2)
+    relay = Relay(store, endpoints.database_url, js._nc, "ERP", batch_size=2000,
+                  idle_catch_up_seconds=1, ack_timeout_seconds=10)
+    running = asyncio.create_task(relay.run())
+
+    async def published() -> bool:
+        return bool((await js.stream_info("ERP")).state.messages >= total)
+
+    try:
+        await eventually(published, timeout=120)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        store.close()
+
+
+async def checkpoint(database_url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        try:
+            cur = await conn.execute(
+                "SELECT stream_seq FROM projection_checkpoints WHERE name = 'opportunities'"
+            )
+        except psycopg.errors.UndefinedTable:
+            return 0
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def read_model_matches_event_store(database_url: str, total: int) -> None:
+    """Every opportunity's row is at its aggregate's last version, in the state it reached."""
+    store = await asyncio.to_thread(store_for, database_url, 2)
+    try:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            cur = await conn.execute(
+                "SELECT originator_id, max(originator_version) FROM erp_events GROUP BY 1"
+            )
+            versions = dict(await cur.fetchall())
+            cur = await conn.execute(
+                "SELECT opportunity_id, version, stage, status, amount FROM opportunities"
+            )
+            rows = {r[0]: r[1:] for r in await cur.fetchall()}
+        assert len(rows) == len(versions)
+        assert sum(version for version, *_ in rows.values()) == total  # no event skipped
+        for aggregate_id, version in list(versions.items())[:: max(1, len(versions) // 200)]:
+            aggregate = await asyncio.to_thread(store.repository.get, aggregate_id)
+            assert rows[aggregate_id] == (
+                version, aggregate.stage, aggregate.status.value, aggregate.amount
+            )
+    finally:
+        store.close()
+
+
+async def test_projector_killed_mid_batch_applies_every_event_once(
+    endpoints: Endpoints, js: Any
+) -> None:
+    total = await asyncio.to_thread(record_history, endpoints.database_url, 10_000)
+    await publish_all(endpoints, js, total)
+    killed_at = []
+    for threshold in (1, total // 3, 2 * total // 3):
+        projector = worker("project", endpoints, ERP_PROJECTOR_BATCH_SIZE="250")
+        try:
+            async def reached(threshold: int = threshold) -> int:
+                seq = await checkpoint(endpoints.database_url)
+                return seq if seq >= threshold else 0
+
+            killed_at.append(await eventually(reached, timeout=60, interval=0.002))
+        finally:
+            projector.send_signal(signal.SIGKILL)
+            projector.wait()
+    assert all(0 < n < total for n in killed_at), f"not killed mid-way: {killed_at}"
+    projector = worker("project", endpoints)
+    try:
+        async def caught_up() -> bool:
+            return await checkpoint(endpoints.database_url) == total
+
+        await eventually(caught_up, timeout=60)
+    finally:
+        projector.send_signal(signal.SIGTERM)
+        projector.wait()
+    await read_model_matches_event_store(endpoints.database_url, total)
+
+
+@pytest.fixture
+async def runner(endpoints: Endpoints, js: Any) -> Any:
+    return ProjectorRunner(OpportunitiesProjection(), endpoints.database_url, js, "ERP",
+                           batch_size=100)
+
+
+async def test_redelivered_events_are_skipped_and_a_gap_is_refused(
+    endpoints: Endpoints, js: Any, runner: ProjectorRunner
+) -> None:
+    total = await asyncio.to_thread(record_history, endpoints.database_url, 30)
+    await publish_all(endpoints, js, total)
+    messages = await read_stream(js, total)
+    async with await psycopg.AsyncConnection.connect(
+        endpoints.database_url, autocommit=True
+    ) as conn:
+        await ensure_schema(conn, runner.projection)
+        await runner._apply(conn, messages[:10])
+        await runner._apply(conn, messages[5:20])  # 5..9 again: redelivered
+        assert runner.stream_seq == 20
+        with pytest.raises(Resubscribe):
+            await runner._apply(conn, messages[21:])  # 21 is missing: a gap
+        assert await checkpoint(endpoints.database_url) == 20  # the gap wrote nothing
+        await runner._apply(conn, messages[20:])
+    assert await checkpoint(endpoints.database_url) == total
+    await read_model_matches_event_store(endpoints.database_url, total)
+
+
+async def test_a_second_runner_cannot_apply_a_batch_twice(
+    endpoints: Endpoints, js: Any, runner: ProjectorRunner
+) -> None:
+    """Should two runners ever both run, the guarded checkpoint lets only one apply a batch."""
+    from projections.runner import CheckpointMoved
+
+    total = await asyncio.to_thread(record_history, endpoints.database_url, 10)
+    await publish_all(endpoints, js, total)
+    messages = await read_stream(js, total)
+    other = ProjectorRunner(OpportunitiesProjection(), endpoints.database_url, js, "ERP",
+                            batch_size=100)
+    async with await psycopg.AsyncConnection.connect(
+        endpoints.database_url, autocommit=True
+    ) as conn:
+        await ensure_schema(conn, runner.projection)
+        await runner._apply(conn, messages)
+        with pytest.raises(CheckpointMoved):
+            await other._apply(conn, messages)  # it still believes the checkpoint is 0
+    await read_model_matches_event_store(endpoints.database_url, total)
