@@ -7,8 +7,8 @@ from typing import Any
 
 import psycopg
 import structlog
-from psycopg_pool import PoolTimeout
 from eventsourcing.persistence import InterfaceError, OperationalError
+from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -75,8 +75,10 @@ async def on_invalid_request(request: Request, exc: Exception) -> Response:
 
 async def on_bad_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BadRequest)
-    extra = {"errors": [{"field": exc.field, "message": exc.detail}]} if exc.field else {}
-    return problem(400, "Bad request", exc.detail, **extra)
+    if exc.field is None:
+        return problem(400, "Bad request", exc.detail)
+    return problem(400, "Bad request", exc.detail,
+                   errors=[{"field": exc.field, "message": exc.detail}])
 
 
 async def on_domain_error(request: Request, exc: Exception) -> Response:

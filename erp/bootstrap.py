@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats
 import psycopg
 import structlog
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
@@ -67,7 +67,7 @@ class Service:
     store: ErpEventStore = field(init=False)
     committer: GroupCommitter = field(init=False)
     commands: Commands = field(init=False)
-    nc: nats.NATS = field(init=False)
+    nc: NATS = field(init=False)
     js: JetStreamContext = field(init=False)
     read_pool: AsyncConnectionPool[Any] = field(init=False)
     positions: ReadModelPositions = field(init=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
 
 import click
 import structlog
@@ -72,5 +71,4 @@ def _run_until_signal(settings: Settings, endpoints: Endpoints) -> None:
         finally:
             await service.stop()
 
-    runner: Callable[[], Awaitable[None]] = run
-    asyncio.run(runner())
+    asyncio.run(run())

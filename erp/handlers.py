@@ -13,7 +13,14 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 
 from aggregates.opportunity import Opportunity
-from erp.eventstore import ErpEventStore, EventMetadata, GroupCommitter, Saved, VersionConflict, stamp
+from erp.eventstore import (
+    ErpEventStore,
+    EventMetadata,
+    GroupCommitter,
+    Saved,
+    VersionConflict,
+    stamp,
+)
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -70,7 +77,7 @@ class Commands:
 
     async def _load(self, ctx: CommandContext, kind: type[A], aggregate_id: UUID) -> A:
         try:
-            aggregate = await asyncio.to_thread(self._store.repository.get, aggregate_id)
+            aggregate: Aggregate = await asyncio.to_thread(self._store.repository.get, aggregate_id)
         except AggregateNotFoundError:
             raise NotFound(kind.__name__.lower(), aggregate_id) from None
         # Another tenant's aggregate is "not found", never "forbidden": that would confirm it exists.

@@ -43,7 +43,7 @@ class CheckpointMoved(Exception):
 async def ensure_schema(conn: psycopg.AsyncConnection[Any], projection: Projection) -> None:
     async with conn.transaction():
         await conn.execute(CHECKPOINTS_DDL)
-        await conn.execute(projection.ddl)  # type: ignore[arg-type]
+        await conn.execute(projection.ddl)
         await conn.execute(
             "INSERT INTO projection_checkpoints (name, stream_seq, log_position) "
             "VALUES (%s, 0, 0) ON CONFLICT (name) DO NOTHING",

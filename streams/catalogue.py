@@ -49,6 +49,12 @@ class OpportunityLost(msgspec.Struct, frozen=True, kw_only=True):
     competitor: str | None
 
 
+def _event(aggregate: type, name: str) -> type:
+    """An event class that the aggregate's `@event` decorators made."""
+    found: type = getattr(aggregate, name)
+    return found
+
+
 @dataclass(frozen=True)
 class Publication:
     """How one domain event class goes on the wire."""
@@ -61,27 +67,27 @@ class Publication:
 
 
 PUBLICATIONS: dict[type, Publication] = {
-    Opportunity.Opened: Publication(
+    _event(Opportunity, "Opened"): Publication(
         "erp.opportunity.opened", OpportunityOpened, "opportunity",
         lambda e: OpportunityOpened(
             opportunity_id=e.originator_id, customer_id=e.customer_id, title=e.title,
             owner=e.owner, stage=e.stage, amount=e.amount, currency=e.currency,
         ),
     ),
-    Opportunity.StageChanged: Publication(
+    _event(Opportunity, "StageChanged"): Publication(
         "erp.opportunity.stage_changed", OpportunityStageChanged, "opportunity",
         lambda e: OpportunityStageChanged(
             opportunity_id=e.originator_id, stage=e.stage, from_stage=e.from_stage
         ),
     ),
-    Opportunity.Won: Publication(
+    _event(Opportunity, "Won"): Publication(
         "erp.opportunity.won", OpportunityWon, "opportunity",
         lambda e: OpportunityWon(
             opportunity_id=e.originator_id, customer_id=e.customer_id,
             amount=e.amount, currency=e.currency,
         ),
     ),
-    Opportunity.Lost: Publication(
+    _event(Opportunity, "Lost"): Publication(
         "erp.opportunity.lost", OpportunityLost, "opportunity",
         lambda e: OpportunityLost(
             opportunity_id=e.originator_id, reason=e.reason, competitor=e.competitor

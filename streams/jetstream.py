@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import nats
 import structlog
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
+
+import nats
 
 log = structlog.get_logger("erp.nats")
 
@@ -29,7 +31,7 @@ def stream_config(name: str, replicas: int) -> StreamConfig:
     )
 
 
-async def connect(url: str, name: str) -> nats.NATS:
+async def connect(url: str, name: str) -> NATS:
     async def on_error(error: Exception) -> None:
         log.warning("nats error", error=str(error))
 
@@ -39,7 +41,7 @@ async def connect(url: str, name: str) -> nats.NATS:
     async def on_reconnected() -> None:
         log.info("nats reconnected")
 
-    client: nats.NATS = await nats.connect(
+    client: NATS = await nats.connect(
         url,
         name=name,
         max_reconnect_attempts=-1,

@@ -12,7 +12,7 @@ import itertools
 import json
 from dataclasses import dataclass
 
-import nats
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -31,7 +31,7 @@ class Ack:
 
 
 class PipelinedPublisher:
-    def __init__(self, nc: nats.NATS, max_pending: int = 4000) -> None:
+    def __init__(self, nc: NATS, max_pending: int = 4000) -> None:
         self._nc = nc
         self._inbox = nc.new_inbox()
         self._pending: dict[str, asyncio.Future[Ack]] = {}

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import structlog
 from eventsourcing.persistence import StoredEvent
-import nats
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from erp.eventstore import EVENTS_TABLE, ErpEventStore, event_metadata
@@ -118,7 +118,7 @@ class Relay:
         self,
         store: ErpEventStore,
         database_url: str,
-        nc: nats.NATS,
+        nc: NATS,
         stream: str,
         *,
         batch_size: int,

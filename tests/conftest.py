@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import psycopg
 import pytest
 from nats.js.errors import NotFoundError
 
+import nats
 from api.app import create_app
 from erp.bootstrap import Endpoints, Service
 from erp.embedded import EmbeddedNats, EmbeddedPostgres

@@ -180,8 +180,8 @@ async def test_health_readiness_and_openapi(client: httpx.AsyncClient) -> None:
 
     described = {(path, method) for path, ops in spec["paths"].items() for method in ops}
     for route in ROUTES:
-        for method in route.methods - {"HEAD"}:  # type: ignore[attr-defined]
-            path = route.path.replace(":uuid", "")  # type: ignore[attr-defined]
+        for method in (route.methods or set()) - {"HEAD"}:
+            path = route.path.replace(":uuid", "")
             assert (path, method.lower()) in described
     win = spec["paths"][f"{BASE}/{{opportunity_id}}/win"]["post"]
     assert win["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("WinOpportunity")

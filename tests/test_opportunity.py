@@ -104,5 +104,5 @@ def test_replaying_the_events_rebuilds_the_same_state() -> None:
     events = o.collect_events()
     copy: Opportunity | None = None
     for e in events:
-        copy = e.mutate(copy)  # type: ignore[arg-type,assignment]
+        copy = e.mutate(copy)
     assert copy == o

@@ -57,7 +57,7 @@ async def read_model_matches_event_store(database_url: str, total: int) -> None:
             cur = await conn.execute(
                 "SELECT originator_id, max(originator_version) FROM erp_events GROUP BY 1"
             )
-            versions = dict(await cur.fetchall())
+            versions: dict[Any, int] = dict(await cur.fetchall())
             cur = await conn.execute(
                 "SELECT opportunity_id, version, stage, status, amount FROM opportunities"
             )
@@ -65,7 +65,7 @@ async def read_model_matches_event_store(database_url: str, total: int) -> None:
         assert len(rows) == len(versions)
         assert sum(version for version, *_ in rows.values()) == total  # no event skipped
         for aggregate_id, version in list(versions.items())[:: max(1, len(versions) // 200)]:
-            aggregate = await asyncio.to_thread(store.repository.get, aggregate_id)
+            aggregate: Any = await asyncio.to_thread(store.repository.get, aggregate_id)
             assert rows[aggregate_id] == (
                 version, aggregate.stage, aggregate.status.value, aggregate.amount
             )
