@@ -7,7 +7,7 @@ from typing import Any
 from psycopg import AsyncCursor
 
 from projections.base import Delivered
-from streams import catalogue as c
+from streams.events import crm as c
 
 DDL = """
 CREATE TABLE IF NOT EXISTS opportunities (

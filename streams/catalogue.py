@@ -1,98 +1,18 @@
 """Every event we publish: its subject and the typed payload of its `data`.
 
-The `Struct`s are the contract shared by the relay, the projectors and subscribers
-in other services. Catalogued events of the integration guide carry exactly the
-fields the guide lists (e.g. `erp.opportunity.won`).
+Each business module lists its publications in `streams/events/<module>.py`; the
+relay and the projectors look them up here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
-from uuid import UUID
-
 import msgspec
 
-from aggregates.opportunity import Opportunity
-
-
-class OpportunityOpened(msgspec.Struct, frozen=True, kw_only=True):
-    opportunity_id: UUID
-    customer_id: str
-    title: str
-    owner: str
-    stage: str
-    amount: Decimal | None
-    currency: str
-
-
-class OpportunityStageChanged(msgspec.Struct, frozen=True, kw_only=True):
-    opportunity_id: UUID
-    stage: str
-    from_stage: str
-
-
-class OpportunityWon(msgspec.Struct, frozen=True, kw_only=True):
-    """Integration guide: `erp.opportunity.won` (treasury creates the invoice)."""
-
-    opportunity_id: UUID
-    customer_id: str
-    amount: Decimal
-    currency: str
-
-
-class OpportunityLost(msgspec.Struct, frozen=True, kw_only=True):
-    opportunity_id: UUID
-    reason: str
-    competitor: str | None
-
-
-def _event(aggregate: type, name: str) -> type:
-    """An event class that the aggregate's `@event` decorators made."""
-    found: type = getattr(aggregate, name)
-    return found
-
-
-@dataclass(frozen=True)
-class Publication:
-    """How one domain event class goes on the wire."""
-
-    subject: str
-    payload: type[msgspec.Struct]
-    aggregate_type: str
-    to_payload: Callable[[Any], msgspec.Struct]
-    schema_version: int = 1
-
+from streams.events import crm
+from streams.events.base import Publication
 
 PUBLICATIONS: dict[type, Publication] = {
-    _event(Opportunity, "Opened"): Publication(
-        "erp.opportunity.opened", OpportunityOpened, "opportunity",
-        lambda e: OpportunityOpened(
-            opportunity_id=e.originator_id, customer_id=e.customer_id, title=e.title,
-            owner=e.owner, stage=e.stage, amount=e.amount, currency=e.currency,
-        ),
-    ),
-    _event(Opportunity, "StageChanged"): Publication(
-        "erp.opportunity.stage_changed", OpportunityStageChanged, "opportunity",
-        lambda e: OpportunityStageChanged(
-            opportunity_id=e.originator_id, stage=e.stage, from_stage=e.from_stage
-        ),
-    ),
-    _event(Opportunity, "Won"): Publication(
-        "erp.opportunity.won", OpportunityWon, "opportunity",
-        lambda e: OpportunityWon(
-            opportunity_id=e.originator_id, customer_id=e.customer_id,
-            amount=e.amount, currency=e.currency,
-        ),
-    ),
-    _event(Opportunity, "Lost"): Publication(
-        "erp.opportunity.lost", OpportunityLost, "opportunity",
-        lambda e: OpportunityLost(
-            opportunity_id=e.originator_id, reason=e.reason, competitor=e.competitor
-        ),
-    ),
+    **crm.PUBLICATIONS,
 }
 
 PAYLOADS_BY_SUBJECT: dict[str, type[msgspec.Struct]] = {

@@ -1,0 +1,1 @@
+"""Event payloads on the wire, one module per business module."""
