@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from aggregates.errors import DomainError, InvalidValue
 from api.responses import ProblemJSON
-from erp.eventstore import VersionConflict
+from erp.eventstore import CommitterStopped, VersionConflict
 from erp.handlers import NotFound, StaleVersion
 from projections.positions import NotCaughtUp
 
@@ -114,6 +114,10 @@ async def on_database_unavailable(request: Request, exc: Exception) -> Response:
                    headers={"Retry-After": "2"})
 
 
+async def on_stopping(request: Request, exc: Exception) -> Response:
+    return problem(503, "Service unavailable", str(exc), headers={"Retry-After": "1"})
+
+
 async def on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return problem(exc.status_code, exc.detail, f"{request.method} {request.url.path}: {exc.detail}")
@@ -135,6 +139,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     InterfaceError: on_database_unavailable,
     psycopg.OperationalError: on_database_unavailable,
     PoolTimeout: on_database_unavailable,
+    CommitterStopped: on_stopping,
     HTTPException: on_http_exception,
     Exception: on_unexpected,
 }

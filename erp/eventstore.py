@@ -87,6 +87,10 @@ class ErpEventStore(Application[UUID]):
     name = "ERP"
 
 
+class CommitterStopped(Exception):
+    """The service is stopping; the command's outcome is unknown (retry it)."""
+
+
 def _saved(aggregate: Aggregate, recordings: Sequence[Recording[UUID]]) -> Saved:
     positions = [r.notification.id for r in recordings if r.notification.originator_id == aggregate.id]
     return Saved(aggregate.id, aggregate.version, max(positions))
@@ -94,8 +98,17 @@ def _saved(aggregate: Aggregate, recordings: Sequence[Recording[UUID]]) -> Saved
 
 @dataclass
 class _Waiting:
-    aggregate: Aggregate
-    answer: asyncio.Future[Saved]
+    """One command's aggregates, saved together or not at all."""
+
+    aggregates: tuple[Aggregate, ...]
+    answer: asyncio.Future[list[Saved]]
+
+    @property
+    def ids(self) -> set[UUID]:
+        return {a.id for a in self.aggregates}
+
+
+Outcome = list[Saved] | BaseException
 
 
 class GroupCommitter:
@@ -104,31 +117,66 @@ class GroupCommitter:
         self._max_batch = max_batch
         self._waiting: deque[_Waiting] = deque()
         self._wake = asyncio.Event()
+        self._stopped = False
 
-    async def save(self, aggregate: Aggregate) -> Saved:
-        waiting = _Waiting(aggregate, asyncio.get_running_loop().create_future())
+    async def save(self, *aggregates: Aggregate) -> list[Saved]:
+        """Saves the aggregates' pending events in one transaction (with other commands'),
+        answering one `Saved` per aggregate."""
+        if self._stopped:
+            raise CommitterStopped("the service is not accepting commands")
+        waiting = _Waiting(aggregates, asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)
         self._wake.set()
         return await waiting.answer
 
     async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._waiting:
+                    await self._commit(self._take_batch())
+        finally:
+            self._stopped = True
+            stopped = CommitterStopped("the service stopped before the command was saved")
             while self._waiting:
-                batch = self._take_batch()
-                outcomes = await asyncio.to_thread(self._save_batch, [w.aggregate for w in batch])
-                for waiting, outcome in zip(batch, outcomes, strict=True):
-                    if waiting.answer.done():  # the caller went away
-                        continue
-                    if isinstance(outcome, BaseException):
-                        waiting.answer.set_exception(outcome)
-                    else:
-                        waiting.answer.set_result(outcome)
+                _answer(self._waiting.popleft(), stopped)
+
+    async def _commit(self, batch: list[_Waiting]) -> None:
+        try:
+            outcomes = await asyncio.to_thread(self._save_batch, [w.aggregates for w in batch])
+        except BaseException:
+            unknown = CommitterStopped("the service stopped while saving; the outcome is unknown")
+            for waiting in batch:
+                _answer(waiting, unknown)
+            raise
+        saved_versions: dict[UUID, int] = {}
+        for waiting, outcome in zip(batch, outcomes, strict=True):
+            _answer(waiting, outcome)
+            if not isinstance(outcome, BaseException):
+                saved_versions.update({s.aggregate_id: s.version for s in outcome})
+        self._fail_overtaken(saved_versions)
+
+    def _fail_overtaken(self, saved_versions: dict[UUID, int]) -> None:
+        """A command waiting on an aggregate that this batch has just changed was decided
+        on the older version: it can only clash, so it is answered now and retried."""
+        if not saved_versions:
+            return
+        still: deque[_Waiting] = deque()
+        for waiting in self._waiting:
+            overtaken = any(
+                a.id in saved_versions and a.pending_events
+                and a.pending_events[0].originator_version <= saved_versions[a.id]
+                for a in waiting.aggregates
+            )
+            if overtaken:
+                _answer(waiting, VersionConflict("changed by another command meanwhile"))
+            else:
+                still.append(waiting)
+        self._waiting = still
 
     def _take_batch(self) -> list[_Waiting]:
-        """Takes up to max_batch commands, each aggregate at most once: a second
-        command on the same aggregate goes in the next batch, where it clashes alone."""
+        """Takes up to max_batch commands that share no aggregate; the others wait."""
         batch: list[_Waiting] = []
         later: list[_Waiting] = []
         ids: set[UUID] = set()
@@ -136,33 +184,71 @@ class GroupCommitter:
             waiting = self._waiting.popleft()
             if waiting.answer.done():
                 continue
-            if waiting.aggregate.id in ids:
+            if waiting.ids & ids:
                 later.append(waiting)
             else:
-                ids.add(waiting.aggregate.id)
+                ids |= waiting.ids
                 batch.append(waiting)
         self._waiting.extendleft(reversed(later))
         return batch
 
-    def _save_batch(self, aggregates: list[Aggregate]) -> list[Saved | BaseException]:
-        pending = [list(a.pending_events) for a in aggregates]
+    def _save_batch(self, commands: list[tuple[Aggregate, ...]]) -> list[Outcome]:
+        pending = [[list(a.pending_events) for a in aggregates] for aggregates in commands]
+        everything = [a for aggregates in commands for a in aggregates]
+        try:
+            recordings = self._store.save(*everything)
+            return [[_saved(a, recordings) for a in aggregates] for aggregates in commands]
+        except IntegrityError:
+            for aggregates, events in zip(commands, pending, strict=True):
+                for aggregate, mine in zip(aggregates, events, strict=True):
+                    aggregate.pending_events[:] = mine
+            return [self._save_one(aggregates, events)
+                    for aggregates, events in zip(commands, pending, strict=True)]
+        except Exception as error:
+            return [error for _ in commands]
+
+    def _save_one(self, aggregates: tuple[Aggregate, ...], pending: list[list[Any]]) -> Outcome:
         try:
             recordings = self._store.save(*aggregates)
+            return [_saved(a, recordings) for a in aggregates]
         except IntegrityError:
-            for aggregate, events in zip(aggregates, pending, strict=True):
-                aggregate.pending_events[:] = events
-            return [self._save_one(a) for a in aggregates]
-        except Exception as error:
-            return [error for _ in aggregates]
-        return [_saved(a, recordings) for a in aggregates]
-
-    def _save_one(self, aggregate: Aggregate) -> Saved | BaseException:
-        try:
-            return _saved(aggregate, self._store.save(aggregate))
-        except IntegrityError:
-            return VersionConflict(f"aggregate {aggregate.id} was changed by another command")
+            # The library retries a save whose connection broke: if the first try had
+            # committed, the retry clashes with our own events. Those are a success.
+            stored = self._stored_as_ours(aggregates, pending)
+            if stored is not None:
+                return stored
+            ids = ", ".join(str(a.id) for a in aggregates)
+            return VersionConflict(f"{ids} changed by another command meanwhile")
         except Exception as error:
             return error
+
+    def _stored_as_ours(
+        self, aggregates: tuple[Aggregate, ...], pending: list[list[Any]]
+    ) -> list[Saved] | None:
+        found: list[Saved] = []
+        with self._store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+            for aggregate, events in zip(aggregates, pending, strict=True):
+                ours = [self._store.mapper.to_stored_event(e) for e in events]
+                rows = conn.execute(
+                    f"SELECT topic, state, notification_id FROM {EVENTS_TABLE} "
+                    "WHERE originator_id = %s AND originator_version BETWEEN %s AND %s "
+                    "ORDER BY originator_version",
+                    (aggregate.id, ours[0].originator_version, ours[-1].originator_version),
+                ).fetchall()
+                if [(r["topic"], bytes(r["state"])) for r in rows] != [(e.topic, e.state) for e in ours]:
+                    return None
+                found.append(Saved(aggregate.id, aggregate.version,
+                                   max(r["notification_id"] for r in rows)))
+        return found
+
+
+def _answer(waiting: _Waiting, outcome: Outcome) -> None:
+    if waiting.answer.done():  # the caller went away
+        return
+    if isinstance(outcome, BaseException):
+        waiting.answer.set_exception(outcome)
+    else:
+        waiting.answer.set_result(outcome)
 
 
 def close_store(store: ErpEventStore) -> None:

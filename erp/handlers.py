@@ -49,7 +49,7 @@ class Commands:
 
     async def _create(self, ctx: CommandContext, aggregate: Aggregate) -> Saved:
         stamp(aggregate, ctx.metadata)
-        return await self._committer.save(aggregate)
+        return (await self._committer.save(aggregate))[0]
 
     async def _update(
         self, ctx: CommandContext, kind: type[A], aggregate_id: UUID, act: Callable[[A], None]
@@ -69,7 +69,7 @@ class Commands:
             act(aggregate)
             stamp(aggregate, ctx.metadata)
             try:
-                return await self._committer.save(aggregate)
+                return (await self._committer.save(aggregate))[0]
             except VersionConflict:
                 if ctx.expected_version is not None or attempt == self._retries:
                     raise

@@ -84,7 +84,7 @@ class ReadModelPositions:
         except TimeoutError:
             # The listener may have missed a NOTIFY while reconnecting: ask once.
             async with await psycopg.AsyncConnection.connect(
-                self._database_url, autocommit=True
+                self._database_url, autocommit=True, connect_timeout=2
             ) as conn:
                 await self._reload(conn)
             if self.position(projection) < position:

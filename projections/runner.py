@@ -110,10 +110,12 @@ class ProjectorRunner:
         self.stream_seq, self.log_position = int(row[0]), int(row[1])
 
     async def _consume(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        arrived: asyncio.Queue[Msg] = asyncio.Queue()
+        # Bounded: while it is full the client holds back its flow-control replies, so the
+        # server slows down instead of this process buffering a whole backlog.
+        arrived: asyncio.Queue[Msg] = asyncio.Queue(maxsize=2 * self._batch_size)
 
         async def on_message(msg: Msg) -> None:
-            arrived.put_nowait(msg)
+            await arrived.put(msg)
 
         state = (await self._js.stream_info(self._stream)).state
         if state.messages and self.stream_seq + 1 < state.first_seq:
@@ -167,11 +169,12 @@ class ProjectorRunner:
             return
         started = time.perf_counter()
         last = events[-1]
+        log_position = max(self.log_position, last.log_position)  # a foreign message has none
         async with conn.transaction(), conn.cursor() as cur:
             await cur.execute(
                 "UPDATE projection_checkpoints SET stream_seq = %s, log_position = %s, "
                 "updated_at = now() WHERE name = %s AND stream_seq = %s",
-                (last.stream_seq, last.log_position, self.projection.name, self.stream_seq),
+                (last.stream_seq, log_position, self.projection.name, self.stream_seq),
             )
             if cur.rowcount != 1:
                 raise CheckpointMoved(f"checkpoint is no longer {self.stream_seq}")
@@ -181,9 +184,9 @@ class ProjectorRunner:
                         await self.projection.apply(cur, event)
             await cur.execute(
                 "SELECT pg_notify(%s, %s)",
-                (POSITIONS_CHANNEL, f"{self.projection.name}:{last.log_position}"),
+                (POSITIONS_CHANNEL, f"{self.projection.name}:{log_position}"),
             )
-        self.stream_seq, self.log_position = last.stream_seq, last.log_position
+        self.stream_seq, self.log_position = last.stream_seq, log_position
         self.applied_total += len(events)
         log.debug("batch applied", projection=self.projection.name, events=len(events),
                   stream_seq=self.stream_seq, ms=round((time.perf_counter() - started) * 1000, 1))

@@ -13,11 +13,16 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 import structlog
+from psycopg.conninfo import make_conninfo
 
 log = structlog.get_logger("erp.leadership")
 
 PING_SECONDS = 1.0
 RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 30.0
+# A silent network partition must end the session (and so the lock) within seconds.
+KEEPALIVE = ("keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3 "
+             "tcp_user_timeout=10000")
 
 
 def lock_key(role: str) -> int:
@@ -28,7 +33,7 @@ def lock_key(role: str) -> int:
 async def _watch(conn: psycopg.AsyncConnection[object]) -> None:
     while True:
         await asyncio.sleep(PING_SECONDS)
-        await conn.execute("SELECT 1")
+        await asyncio.wait_for(conn.execute("SELECT 1"), PING_SECONDS * 3)
 
 
 async def lead(
@@ -43,15 +48,17 @@ async def lead(
     `work` restarts (after a pause) when it fails; it is cancelled when the lock is lost.
     """
     key = lock_key(role)
+    pause = RETRY_SECONDS
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(
-                database_url, autocommit=True, connect_timeout=5,
-                application_name=f"erp-{role}-lock",
+                make_conninfo(database_url, application_name=f"erp-{role}-lock") + " " + KEEPALIVE,
+                autocommit=True, connect_timeout=5,
             ) as conn:
                 log.info("waiting for leadership", role=role)
                 await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
                 log.info("leading", role=role)
+                pause = RETRY_SECONDS
                 if on_change:
                     on_change(True)
                 try:
@@ -62,8 +69,9 @@ async def lead(
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            log.warning("role stopped; retrying", role=role, error=repr(error))
-        await asyncio.sleep(RETRY_SECONDS)
+            log.warning("role stopped; retrying", role=role, error=repr(error), in_seconds=pause)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, MAX_RETRY_SECONDS)
 
 
 async def _race(*coroutines: Awaitable[None]) -> None:

@@ -31,8 +31,9 @@ class Ack:
 
 
 class PipelinedPublisher:
-    def __init__(self, nc: NATS, max_pending: int = 4000) -> None:
+    def __init__(self, nc: NATS, *, max_pending: int = 4000, room_timeout: float = 10.0) -> None:
         self._nc = nc
+        self._room_timeout = room_timeout
         self._inbox = nc.new_inbox()
         self._pending: dict[str, asyncio.Future[Ack]] = {}
         self._room = asyncio.Semaphore(max_pending)
@@ -45,31 +46,39 @@ class PipelinedPublisher:
     async def close(self) -> None:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
-        for future in self._pending.values():
+        for future in list(self._pending.values()):
             future.cancel()
-        self._pending.clear()
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str]
     ) -> asyncio.Future[Ack]:
         """Sends one message; the future holds its acknowledgement. Waits while
-        `max_pending` publishes are unanswered."""
-        await self._room.acquire()
+        `max_pending` publishes are unanswered, and refuses after `room_timeout`: replies
+        lost in a disconnect never come, and waiting for them for ever would stall."""
+        try:
+            await asyncio.wait_for(self._room.acquire(), self._room_timeout)
+        except TimeoutError:
+            raise PublishRefused(0, f"{len(self._pending)} publishes unanswered for "
+                                    f"{self._room_timeout:g} s") from None
         token = str(next(self._tokens))
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda _: self._room.release())
+
+        def settled(_: asyncio.Future[Ack]) -> None:
+            self._room.release()
+            self._pending.pop(token, None)
+
+        future.add_done_callback(settled)
         self._pending[token] = future
         try:
             await self._nc.publish(subject, payload, reply=f"{self._inbox}.{token}",
                                    headers=headers)
         except BaseException:
-            self._pending.pop(token, None)
             future.cancel()
             raise
         return future
 
     async def _on_reply(self, msg: Msg) -> None:
-        future = self._pending.pop(msg.subject.rpartition(".")[2], None)
+        future = self._pending.get(msg.subject.rpartition(".")[2])
         if future is None or future.done():
             return
         if msg.headers and msg.headers.get("Status") == "503":

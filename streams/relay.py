@@ -26,12 +26,13 @@ import structlog
 from eventsourcing.persistence import StoredEvent
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from erp.eventstore import EVENTS_TABLE, ErpEventStore, event_metadata
 from streams import envelope as env
 from streams.catalogue import PUBLICATIONS
 from streams.jetstream import header
-from streams.publisher import Ack, PipelinedPublisher
+from streams.publisher import Ack, PipelinedPublisher, PublishRefused
 
 log = structlog.get_logger("erp.relay")
 
@@ -53,12 +54,17 @@ class OutgoingMessage:
     headers: dict[str, str]
 
 
+class StreamMismatch(Exception):
+    """The stream and the event store disagree; an operator must decide (replay tooling)."""
+
+
 @dataclass(frozen=True)
 class StreamHead:
     """What the stream proves has been published."""
 
     position: int  # log position of the last event in the stream (0: none)
     last_seq: int  # the stream's last sequence number
+    event_id: str | None = None  # Nats-Msg-Id of that last event
 
 
 def to_message(store: ErpEventStore, row: dict[str, Any]) -> OutgoingMessage:
@@ -105,12 +111,38 @@ async def stream_head(js: JetStreamContext, stream: str) -> StreamHead:
     state = (await js.stream_info(stream)).state
     seq = state.last_seq
     while state.messages and seq >= max(state.first_seq, 1):
-        msg = await js.get_msg(stream, seq=seq)
+        try:
+            msg = await js.get_msg(stream, seq=seq)
+        except NotFoundError:  # deleted
+            seq -= 1
+            continue
         position = header(msg, env.LOG_POSITION)
         if position is not None:
-            return StreamHead(position=int(position), last_seq=state.last_seq)
+            return StreamHead(int(position), state.last_seq, header(msg, env.MSG_ID))
         seq -= 1  # not one of ours (the relay should be the only writer)
-    return StreamHead(position=0, last_seq=state.last_seq)
+    if state.last_seq > 0:
+        raise StreamMismatch(
+            f"stream {stream} is at sequence {state.last_seq} but holds no event of the relay "
+            "(purged or written by others): republish it with the replay tooling"
+        )
+    return StreamHead(position=0, last_seq=0)
+
+
+async def check_head(conn: psycopg.AsyncConnection[Any], head: StreamHead) -> None:
+    """The stream's last event must be the stored event at its log position."""
+    if head.position == 0:
+        return
+    cur = await conn.execute(
+        f"SELECT originator_id, originator_version FROM {EVENTS_TABLE} WHERE notification_id = %s",
+        (head.position,),
+    )
+    row = await cur.fetchone()
+    stored = str(env.event_id(row["originator_id"], row["originator_version"])) if row else None
+    if stored != head.event_id:
+        raise StreamMismatch(
+            f"the stream's last event {head.event_id} is not the stored event at log position "
+            f"{head.position} ({stored or 'none'}): was the database restored behind the stream?"
+        )
 
 
 class Relay:
@@ -138,7 +170,7 @@ class Relay:
         self.failures = 0
 
     async def run(self) -> None:
-        publisher = PipelinedPublisher(self._nc)
+        publisher = PipelinedPublisher(self._nc, room_timeout=self._ack_timeout)
         await publisher.start()
         try:
             await self._run(publisher)
@@ -153,6 +185,7 @@ class Relay:
             await conn.execute(f"LISTEN {EVENTS_TABLE}")
             while True:
                 head = await stream_head(self._js, self._stream)
+                await check_head(conn, head)
                 self.published_position = head.position
                 log.info("relay resuming", position=head.position, stream_seq=head.last_seq)
                 try:
@@ -174,9 +207,12 @@ class Relay:
                 rows = await cursor.fetchall()
                 for row in rows:
                     message = to_message(self._store, row)
-                    future = await publisher.publish(
-                        message.subject, message.payload, {**message.headers, **expect}
-                    )
+                    try:
+                        future = await publisher.publish(
+                            message.subject, message.payload, {**message.headers, **expect}
+                        )
+                    except PublishRefused as error:
+                        raise StreamRefused(f"position {message.position}: {error}") from error
                     expect = {env.EXPECTED_LAST_MSG_ID: message.headers[env.MSG_ID]}
                     in_flight.append((message.position, future, time.monotonic()))
                     self._reap(in_flight)

@@ -1,0 +1,112 @@
+"""The group committer: many commands per transaction, each answered on its own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+
+from aggregates.opportunity import Opportunity
+from erp.eventstore import (
+    CommitterStopped,
+    ErpEventStore,
+    GroupCommitter,
+    VersionConflict,
+    store_for,
+)
+
+
+def opportunity(i: int = 0) -> Opportunity:
+    return Opportunity.open(tenant_id="t", customer_id=f"c{i}", title="deal", owner="o")
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[ErpEventStore]:
+    events = await asyncio.to_thread(store_for, database_url, 4)
+    yield events
+    events.close()
+
+
+@pytest.fixture
+async def committer(store: ErpEventStore) -> AsyncIterator[GroupCommitter]:
+    running = GroupCommitter(store, max_batch=64)
+    task = asyncio.create_task(running.run())
+    yield running
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_commands_waiting_together_share_a_transaction(
+    committer: GroupCommitter, store: ErpEventStore
+) -> None:
+    saved = await asyncio.gather(*(committer.save(opportunity(i)) for i in range(200)))
+    positions = sorted(s[0].position for s in saved)
+    assert positions == list(range(1, 201))  # each answered with its own log position
+    assert store.recorder.max_notification_id() == 200
+
+
+async def test_a_clash_is_answered_to_the_loser_only(
+    committer: GroupCommitter, store: ErpEventStore
+) -> None:
+    first = opportunity()
+    await committer.save(first)
+    stale_a: Opportunity = store.repository.get(first.id)
+    stale_b: Opportunity = store.repository.get(first.id)
+    stale_a.change_stage("proposal")
+    stale_b.change_stage("negotiation")
+    others = [opportunity(i) for i in range(1, 10)]
+    results = await asyncio.gather(
+        committer.save(stale_a), committer.save(stale_b),
+        *(committer.save(o) for o in others), return_exceptions=True,
+    )
+    assert isinstance(results[1], VersionConflict)
+    assert not any(isinstance(r, BaseException) for r in results[:1] + results[2:])
+    assert store.repository.get(first.id).stage == "proposal"
+
+
+async def test_a_commit_whose_answer_was_lost_is_recognised_as_ours(
+    committer: GroupCommitter, store: ErpEventStore
+) -> None:
+    """The library retries a save whose connection broke; if the first try had committed,
+    the retry clashes with our own events, which is a success, not a conflict."""
+    o = opportunity()
+    o.win(Decimal("10"))
+    pending = list(o.pending_events)
+    store.save(o)  # committed, but pretend the answer never came
+    o.pending_events[:] = pending
+    outcome = committer._save_one((o,), [pending])
+    assert not isinstance(outcome, BaseException)
+    assert outcome[0].version == 2 and outcome[0].position == 2
+
+    rival: Opportunity = store.repository.get(o.id, version=1)  # decided on the older version
+    rival.change_stage("proposal")  # its version 2 is not the stored one
+    theirs = list(rival.pending_events)
+    assert isinstance(committer._save_one((rival,), [theirs]), VersionConflict)
+
+
+async def test_several_aggregates_of_one_command_are_saved_together_or_not_at_all(
+    committer: GroupCommitter, store: ErpEventStore
+) -> None:
+    existing = opportunity()
+    await committer.save(existing)
+    stale: Opportunity = store.repository.get(existing.id)
+    store_copy: Opportunity = store.repository.get(existing.id)
+    store_copy.change_stage("proposal")
+    await committer.save(store_copy)
+    stale.change_stage("negotiation")  # will clash
+    fresh = opportunity(2)
+    with pytest.raises(VersionConflict):
+        await committer.save(fresh, stale)
+    assert store.recorder.select_events(fresh.id) == []  # not saved without its partner
+
+
+async def test_a_stopped_committer_refuses_instead_of_hanging(store: ErpEventStore) -> None:
+    committer = GroupCommitter(store, max_batch=8)
+    task = asyncio.create_task(committer.run())
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    with pytest.raises(CommitterStopped):
+        await asyncio.wait_for(committer.save(opportunity()), 1)
