@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import msgspec
 
-from streams.events import crm
+from streams.events import crm, hrm, manufacturing
 from streams.events.base import Publication
 
 PUBLICATIONS: dict[type, Publication] = {
     **crm.PUBLICATIONS,
+    **hrm.PUBLICATIONS,
+    **manufacturing.PUBLICATIONS,
 }
 
 PAYLOADS_BY_SUBJECT: dict[str, type[msgspec.Struct]] = {
