@@ -1,8 +1,8 @@
-"""CRM routes: opportunities."""
+"""CRM routes: opportunities, the pipeline and the forecast."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
@@ -15,52 +15,61 @@ from starlette.routing import Route
 from api import requests as rq
 from api.openapi import operation
 from api.problems import BadRequest
+from api.requests import IDEMPOTENCY, IF_MATCH, CommandAccepted, accepted
 from api.responses import JSON
 from erp.bootstrap import Service
-from erp.eventstore import Saved
-from erp.handlers import NotFound
+from erp.commands import NotFound
+from erp.commands import crm as commands
 
 PROJECTION = "opportunities"
 BASE = "/api/v1/crm/opportunities"
-_IF_MATCH = (("If-Match", 'the version the change is based on, e.g. "3": no retry on a clash'),)
+COMMAND_ERRORS = (400, 404, 409, 412, 422, 503)
 
-Money = Field(gt=0, max_digits=18, decimal_places=2)
-Text = Field(min_length=1, max_length=200)
+Money = Field(default=None, gt=0, max_digits=18, decimal_places=2)
+Probability = Field(default=None, ge=0, le=100, description="percent; default: the stage's")
 
 
-class _Body(BaseModel):
+class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-class OpenOpportunity(_Body):
-    customer_id: str = Text
-    title: str = Text
-    owner: str = Text
+class OpenOpportunity(Body):
+    customer_id: str = Field(min_length=1, max_length=200)
+    title: str = Field(min_length=1, max_length=200)
+    owner: str = Field(min_length=1, max_length=200)
     stage: str | None = Field(default=None, max_length=64, description="default: the first stage")
-    amount: Decimal | None = Field(default=None, gt=0, max_digits=18, decimal_places=2)
+    probability: int | None = Probability
+    amount: Decimal | None = Money
     currency: str = Field(default="KES", pattern=r"^[A-Z]{3}$", description="ISO 4217")
+    expected_close: date | None = None
+    source_lead_id: str | None = Field(default=None, max_length=200)
 
 
-class ChangeStage(_Body):
+class UpdateOpportunity(Body):
+    title: str | None = Field(default=None, min_length=1, max_length=200)
+    owner: str | None = Field(default=None, min_length=1, max_length=200)
+    amount: Decimal | None = Money
+    expected_close: date | None = None
+    probability: int | None = Field(default=None, ge=0, le=100)
+
+
+class ChangeStage(Body):
     stage: str = Field(min_length=1, max_length=64)
+    probability: int | None = Probability
 
 
-class WinOpportunity(_Body):
-    amount: Decimal | None = Field(
-        default=None, gt=0, max_digits=18, decimal_places=2,
-        description="the amount won; default: the opportunity's amount",
-    )
+class WinOpportunity(Body):
+    amount: Decimal | None = Field(default=None, gt=0, max_digits=18, decimal_places=2,
+                                   description="the amount won; default: the opportunity's")
 
 
-class LoseOpportunity(_Body):
+class LoseOpportunity(Body):
     reason: str = Field(min_length=1, max_length=500)
     competitor: str | None = Field(default=None, max_length=200)
 
 
-class CommandAccepted(BaseModel):
-    opportunity_id: UUID
-    version: int = Field(description="the aggregate's version after the command")
-    log_position: int = Field(description="pass as min_position to read your write")
+class ReopenOpportunity(Body):
+    reason: str = Field(min_length=1, max_length=500)
 
 
 class ReadQuery(BaseModel):
@@ -80,6 +89,15 @@ class ListQuery(ReadQuery):
     cursor: str | None = Field(default=None, description="next_cursor of the previous page")
 
 
+class StageStep(BaseModel):
+    version: int
+    stage: str
+    status: str
+    probability: int
+    reason: str | None
+    changed_at: datetime
+
+
 class OpportunityView(BaseModel):
     opportunity_id: UUID
     tenant_id: str
@@ -88,8 +106,11 @@ class OpportunityView(BaseModel):
     owner: str
     stage: str
     status: str
+    probability: int
     amount: Decimal | None
     currency: str
+    expected_close: date | None
+    source_lead_id: str | None
     lost_reason: str | None
     competitor: str | None
     version: int
@@ -98,29 +119,49 @@ class OpportunityView(BaseModel):
     updated_at: datetime
 
 
+class OpportunityDetail(OpportunityView):
+    stage_history: list[StageStep]
+
+
 class OpportunityPage(BaseModel):
     items: list[OpportunityView]
     next_cursor: str | None
     log_position: int = Field(description="the read model's position when it was read")
 
 
+class PipelineStage(BaseModel):
+    stage: str
+    currency: str
+    count: int
+    total: Decimal
+    weighted: Decimal = Field(description="sum of amount * probability / 100")
+
+
+class Pipeline(BaseModel):
+    stages: list[PipelineStage]
+    log_position: int
+
+
+class ForecastMonth(BaseModel):
+    month: str | None = Field(description="YYYY-MM of the expected close; null: not set")
+    currency: str
+    count: int
+    total: Decimal
+    weighted: Decimal
+
+
+class Forecast(BaseModel):
+    months: list[ForecastMonth]
+    log_position: int
+
+
 _COLUMNS = ", ".join(OpportunityView.model_fields)
+_HISTORY_COLUMNS = ", ".join(StageStep.model_fields)
 
 
 def _service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
-
-
-def _accepted(saved: Saved, status: int = 200) -> Response:
-    headers = {"ETag": f'"{saved.version}"'}
-    if status == 201:
-        headers["Location"] = f"{BASE}/{saved.aggregate_id}"
-    return JSON(
-        CommandAccepted(opportunity_id=saved.aggregate_id, version=saved.version,
-                        log_position=saved.position),
-        status_code=status, headers=headers,
-    )
 
 
 async def _caught_up(request: Request, params: ReadQuery) -> int:
@@ -131,46 +172,80 @@ async def _caught_up(request: Request, params: ReadQuery) -> int:
     return service.positions.position(PROJECTION)
 
 
+async def _rows(request: Request, sql: str, args: Any) -> list[dict[str, Any]]:
+    async with _service(request).read_pool.connection() as conn:
+        cur = await conn.execute(sql, args)
+        names = [column.name for column in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+
+
+def _opportunity_id(request: Request) -> UUID:
+    opportunity_id: UUID = request.path_params["opportunity_id"]
+    return opportunity_id
+
+
 @operation(summary="Open an opportunity", body=OpenOpportunity, response=CommandAccepted,
-           status=201, errors=(400, 409, 422, 503))
+           status=201, errors=(400, 409, 422, 503), headers=(IDEMPOTENCY,))
 async def open_opportunity(request: Request) -> Response:
     cmd = await rq.body(request, OpenOpportunity)
-    saved = await _service(request).commands.open_opportunity(
-        rq.command_context(request), customer_id=cmd.customer_id, title=cmd.title,
-        owner=cmd.owner, stage=cmd.stage, amount=cmd.amount, currency=cmd.currency,
+    saved = await commands.open_opportunity(
+        _service(request).runner, await rq.command_context(request),
+        customer_id=cmd.customer_id, title=cmd.title, owner=cmd.owner, stage=cmd.stage,
+        probability=cmd.probability, amount=cmd.amount, currency=cmd.currency,
+        expected_close=cmd.expected_close.isoformat() if cmd.expected_close else None,
+        source_lead_id=cmd.source_lead_id,
     )
-    return _accepted(saved, 201)
+    return accepted(saved, created_at=BASE)
+
+
+@operation(summary="Change an open opportunity's details", body=UpdateOpportunity,
+           response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
+async def update(request: Request) -> Response:
+    cmd = await rq.body(request, UpdateOpportunity)
+    saved = await commands.update_opportunity(
+        _service(request).runner, await rq.command_context(request), _opportunity_id(request),
+        title=cmd.title, owner=cmd.owner, amount=cmd.amount, probability=cmd.probability,
+        expected_close=cmd.expected_close.isoformat() if cmd.expected_close else None,
+    )
+    return accepted(saved)
 
 
 @operation(summary="Move an opportunity to another stage", body=ChangeStage,
-           response=CommandAccepted, errors=(400, 404, 409, 412, 422, 503), headers=_IF_MATCH)
+           response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def change_stage(request: Request) -> Response:
     cmd = await rq.body(request, ChangeStage)
-    saved = await _service(request).commands.change_opportunity_stage(
-        rq.command_context(request), request.path_params["opportunity_id"], cmd.stage
+    saved = await commands.change_stage(
+        _service(request).runner, await rq.command_context(request), _opportunity_id(request),
+        cmd.stage, cmd.probability,
     )
-    return _accepted(saved)
+    return accepted(saved)
 
 
 @operation(summary="Mark an opportunity won (publishes erp.opportunity.won)", body=WinOpportunity,
-           response=CommandAccepted, errors=(400, 404, 409, 412, 422, 503), headers=_IF_MATCH)
+           response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def win(request: Request) -> Response:
     cmd = await rq.body(request, WinOpportunity)
-    saved = await _service(request).commands.win_opportunity(
-        rq.command_context(request), request.path_params["opportunity_id"], cmd.amount
-    )
-    return _accepted(saved)
+    saved = await commands.win(_service(request).runner, await rq.command_context(request),
+                               _opportunity_id(request), cmd.amount)
+    return accepted(saved)
 
 
 @operation(summary="Mark an opportunity lost", body=LoseOpportunity, response=CommandAccepted,
-           errors=(400, 404, 409, 412, 422, 503), headers=_IF_MATCH)
+           errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def lose(request: Request) -> Response:
     cmd = await rq.body(request, LoseOpportunity)
-    saved = await _service(request).commands.lose_opportunity(
-        rq.command_context(request), request.path_params["opportunity_id"], cmd.reason,
-        cmd.competitor,
-    )
-    return _accepted(saved)
+    saved = await commands.lose(_service(request).runner, await rq.command_context(request),
+                                _opportunity_id(request), cmd.reason, cmd.competitor)
+    return accepted(saved)
+
+
+@operation(summary="Reopen a won or lost opportunity", body=ReopenOpportunity,
+           response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
+async def reopen(request: Request) -> Response:
+    cmd = await rq.body(request, ReopenOpportunity)
+    saved = await commands.reopen(_service(request).runner, await rq.command_context(request),
+                                  _opportunity_id(request), cmd.reason)
+    return accepted(saved)
 
 
 @operation(summary="List opportunities, newest first", query=ListQuery, response=OpportunityPage,
@@ -191,45 +266,83 @@ async def list_opportunities(request: Request) -> Response:
                              field="query.cursor")
         where.append("opened_position < %s")
         args.append(int(params.cursor))
-    sql = (f"SELECT {_COLUMNS}, opened_position FROM opportunities WHERE {' AND '.join(where)} "
-           "ORDER BY opened_position DESC LIMIT %s")
-    async with _service(request).read_pool.connection() as conn:
-        cur = await conn.execute(sql, [*args, params.limit + 1])
-        rows = await cur.fetchall()
-    names = [*OpportunityView.model_fields, "opened_position"]
-    records = [dict(zip(names, row, strict=True)) for row in rows]
-    more = len(records) > params.limit
-    records = records[: params.limit]
+    rows = await _rows(
+        request,
+        f"SELECT {_COLUMNS}, opened_position FROM opportunities WHERE {' AND '.join(where)} "
+        "ORDER BY opened_position DESC LIMIT %s",
+        [*args, params.limit + 1],
+    )
+    more = len(rows) > params.limit
+    rows = rows[: params.limit]
     return JSON({
-        "items": [{k: r[k] for k in OpportunityView.model_fields} for r in records],
-        "next_cursor": str(records[-1]["opened_position"]) if more else None,
+        "items": [{k: r[k] for k in OpportunityView.model_fields} for r in rows],
+        "next_cursor": str(rows[-1]["opened_position"]) if more else None,
         "log_position": position,
     })
 
 
-@operation(summary="One opportunity", query=ReadQuery, response=OpportunityView,
-           errors=(400, 404, 422, 503))
+@operation(summary="One opportunity with its stage history", query=ReadQuery,
+           response=OpportunityDetail, errors=(400, 404, 422, 503))
 async def get_opportunity(request: Request) -> Response:
-    params = rq.query(request, ReadQuery)
-    await _caught_up(request, params)
-    opportunity_id: UUID = request.path_params["opportunity_id"]
-    async with _service(request).read_pool.connection() as conn:
-        cur = await conn.execute(
-            f"SELECT {_COLUMNS} FROM opportunities WHERE opportunity_id = %s AND tenant_id = %s",
-            (opportunity_id, rq.tenant(request)),
-        )
-        row = await cur.fetchone()
-    if row is None:
+    await _caught_up(request, rq.query(request, ReadQuery))
+    opportunity_id, tenant = _opportunity_id(request), rq.tenant(request)
+    found = await _rows(
+        request, f"SELECT {_COLUMNS} FROM opportunities WHERE opportunity_id = %s AND tenant_id = %s",
+        (opportunity_id, tenant),
+    )
+    if not found:
         raise NotFound("opportunity", opportunity_id)
-    return JSON(dict(zip(OpportunityView.model_fields, row, strict=True)),
-                headers={"ETag": f'"{row[11]}"'})
+    history = await _rows(
+        request,
+        f"SELECT {_HISTORY_COLUMNS} FROM opportunity_stage_history "
+        "WHERE opportunity_id = %s AND tenant_id = %s ORDER BY version",
+        (opportunity_id, tenant),
+    )
+    return JSON({**found[0], "stage_history": history},
+                headers={"ETag": f'"{found[0]["version"]}"'})
 
 
+@operation(summary="Open pipeline per stage: count, total and probability-weighted amount",
+           query=ReadQuery, response=Pipeline, errors=(400, 422, 503))
+async def pipeline(request: Request) -> Response:
+    position = await _caught_up(request, rq.query(request, ReadQuery))
+    rows = await _rows(
+        request,
+        "SELECT stage, currency, count(*) AS count, coalesce(sum(amount), 0) AS total, "
+        "round(coalesce(sum(amount * probability / 100.0), 0), 2) AS weighted "
+        "FROM opportunities WHERE tenant_id = %s AND status = 'open' "
+        "GROUP BY stage, currency ORDER BY stage, currency",
+        (rq.tenant(request),),
+    )
+    return JSON({"stages": rows, "log_position": position})
+
+
+@operation(summary="Forecast of open opportunities by expected-close month",
+           query=ReadQuery, response=Forecast, errors=(400, 422, 503))
+async def forecast(request: Request) -> Response:
+    position = await _caught_up(request, rq.query(request, ReadQuery))
+    rows = await _rows(
+        request,
+        "SELECT to_char(expected_close, 'YYYY-MM') AS month, currency, count(*) AS count, "
+        "coalesce(sum(amount), 0) AS total, "
+        "round(coalesce(sum(amount * probability / 100.0), 0), 2) AS weighted "
+        "FROM opportunities WHERE tenant_id = %s AND status = 'open' "
+        "GROUP BY 1, currency ORDER BY 1 NULLS LAST, currency",
+        (rq.tenant(request),),
+    )
+    return JSON({"months": rows, "log_position": position})
+
+
+_ONE = BASE + "/{opportunity_id:uuid}"
 ROUTES = [
     Route(BASE, open_opportunity, methods=["POST"]),
     Route(BASE, list_opportunities, methods=["GET"]),
-    Route(BASE + "/{opportunity_id:uuid}", get_opportunity, methods=["GET"]),
-    Route(BASE + "/{opportunity_id:uuid}/stage", change_stage, methods=["POST"]),
-    Route(BASE + "/{opportunity_id:uuid}/win", win, methods=["POST"]),
-    Route(BASE + "/{opportunity_id:uuid}/lose", lose, methods=["POST"]),
+    Route(_ONE, get_opportunity, methods=["GET"]),
+    Route(_ONE + "/update", update, methods=["POST"]),
+    Route(_ONE + "/stage", change_stage, methods=["POST"]),
+    Route(_ONE + "/win", win, methods=["POST"]),
+    Route(_ONE + "/lose", lose, methods=["POST"]),
+    Route(_ONE + "/reopen", reopen, methods=["POST"]),
+    Route("/api/v1/crm/pipeline", pipeline, methods=["GET"]),
+    Route("/api/v1/crm/forecast", forecast, methods=["GET"]),
 ]

@@ -16,8 +16,9 @@ from starlette.responses import Response
 
 from aggregates.errors import DomainError, InvalidValue
 from api.responses import ProblemJSON
+from erp.commands import NotFound, StaleVersion
 from erp.eventstore import CommitterStopped, VersionConflict
-from erp.handlers import NotFound, StaleVersion
+from erp.idempotency import IdempotencyKeyReused
 from projections.positions import NotCaughtUp
 
 log = structlog.get_logger("erp.api")
@@ -91,6 +92,11 @@ async def on_domain_error(request: Request, exc: Exception) -> Response:
                    kind=f"urn:erp:problem:{_slug(exc.rule)}", **extra)
 
 
+async def on_key_reused(request: Request, exc: Exception) -> Response:
+    return problem(422, "Idempotency key reused", str(exc), kind="urn:erp:problem:idempotency-key-reused",
+                   errors=[{"field": "header.Idempotency-Key", "message": str(exc)}])
+
+
 async def on_not_found(request: Request, exc: Exception) -> Response:
     return problem(404, "Not found", str(exc))
 
@@ -133,6 +139,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     BadRequest: on_bad_request,
     DomainError: on_domain_error,
     NotFound: on_not_found,
+    IdempotencyKeyReused: on_key_reused,
     VersionConflict: on_version_conflict,
     NotCaughtUp: on_not_caught_up,
     OperationalError: on_database_unavailable,

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 from typing import TypeVar
+from uuid import UUID
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
+from starlette.responses import Response
 
 from api.problems import BadRequest, InvalidRequest
-from erp.eventstore import EventMetadata
-from erp.handlers import CommandContext
+from api.responses import JSON
+from erp.commands import CommandContext
+from erp.eventstore import EventMetadata, Saved
+from erp.idempotency import IdempotencyKey
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -31,12 +35,33 @@ def query(request: Request, model: type[M]) -> M:
         raise InvalidRequest(error, "query") from None
 
 
+class CommandAccepted(BaseModel):
+    id: UUID = Field(description="the aggregate the command changed or created")
+    version: int = Field(description="its version after the command (the ETag)")
+    log_position: int = Field(description="pass as min_position to read your write")
+
+
+def accepted(saved: Saved, *, created_at: str | None = None) -> Response:
+    """The answer to every command: 200, or 201 with Location for a created aggregate."""
+    headers = {"ETag": f'"{saved.version}"'}
+    if created_at is not None:
+        headers["Location"] = f"{created_at}/{saved.aggregate_id}"
+    return JSON(CommandAccepted(id=saved.aggregate_id, version=saved.version,
+                                log_position=saved.position),
+                status_code=201 if created_at else 200, headers=headers)
+
+
+IDEMPOTENCY = ("Idempotency-Key", "repeat a command safely: the same key and body answer the "
+               "first result; another body with it is refused (422)")
+IF_MATCH = ("If-Match", 'the version the change is based on, e.g. "3": no retry on a clash (412)')
+
+
 def tenant(request: Request) -> str:
     tenant_id: str = request.state.tenant_id
     return tenant_id
 
 
-def command_context(request: Request) -> CommandContext:
+async def command_context(request: Request) -> CommandContext:
     expected: int | None = None
     if_match = request.headers.get("if-match")
     if if_match is not None:
@@ -45,7 +70,12 @@ def command_context(request: Request) -> CommandContext:
             raise BadRequest('If-Match must be the version the change is based on, e.g. "3"',
                              field="header.If-Match")
         expected = int(found.group(1))
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= 200:
+        raise BadRequest("Idempotency-Key must be 1 to 200 characters", field="header.Idempotency-Key")
     return CommandContext(
+        idempotency=None if key is None else IdempotencyKey.of(
+            key, request.method, request.url.path, await request.body()),
         tenant_id=tenant(request),
         metadata=EventMetadata(
             tenant_id=tenant(request),

@@ -15,9 +15,9 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
+from erp.commands import CommandRunner
 from erp.embedded import EmbeddedNats, EmbeddedPostgres
 from erp.eventstore import ErpEventStore, GroupCommitter, close_store, store_for
-from erp.handlers import Commands
 from erp.settings import Settings
 from projections.base import Projection
 from projections.opportunities import OpportunitiesProjection
@@ -66,7 +66,7 @@ class Service:
     endpoints: Endpoints
     store: ErpEventStore = field(init=False)
     committer: GroupCommitter = field(init=False)
-    commands: Commands = field(init=False)
+    runner: CommandRunner = field(init=False)
     nc: NATS = field(init=False)
     js: JetStreamContext = field(init=False)
     read_pool: AsyncConnectionPool[Any] = field(init=False)
@@ -83,7 +83,7 @@ class Service:
             for projection in all_projections():
                 await ensure_schema(conn, projection)
         self.committer = GroupCommitter(self.store, s.group_commit_max)
-        self.commands = Commands(self.store, self.committer, s.command_retries)
+        self.runner = CommandRunner(self.store, self.committer, s.command_retries)
         self.nc = await connect(self.endpoints.nats_url, name="erp-service")
         self.js = self.nc.jetstream(publish_async_max_pending=4000)
         await ensure_stream(self.js, s.stream, s.stream_replicas)

@@ -22,6 +22,8 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
+from erp.idempotency import IdempotencyRecord
+
 EVENTS_TABLE = "erp_events"  # the application name "ERP" gives this table and NOTIFY channel
 
 
@@ -80,6 +82,7 @@ def eventsourcing_env(database_url: str, pool_size: int) -> dict[str, str]:
         "POSTGRES_PRE_PING": "y",
         "POSTGRES_CONNECT_TIMEOUT": "5",
         "CREATE_TABLE": "y",
+        "APPLICATION_RECORDER_TOPIC": "erp.idempotency:ErpRecorder",
     }
 
 
@@ -102,6 +105,7 @@ class _Waiting:
 
     aggregates: tuple[Aggregate, ...]
     answer: asyncio.Future[list[Saved]]
+    idempotency: IdempotencyRecord | None = None
 
     @property
     def ids(self) -> set[UUID]:
@@ -119,12 +123,14 @@ class GroupCommitter:
         self._wake = asyncio.Event()
         self._stopped = False
 
-    async def save(self, *aggregates: Aggregate) -> list[Saved]:
+    async def save(
+        self, *aggregates: Aggregate, idempotency: IdempotencyRecord | None = None
+    ) -> list[Saved]:
         """Saves the aggregates' pending events in one transaction (with other commands'),
-        answering one `Saved` per aggregate."""
+        answering one `Saved` per aggregate; the idempotency key goes in the same one."""
         if self._stopped:
             raise CommitterStopped("the service is not accepting commands")
-        waiting = _Waiting(aggregates, asyncio.get_running_loop().create_future())
+        waiting = _Waiting(aggregates, asyncio.get_running_loop().create_future(), idempotency)
         self._waiting.append(waiting)
         self._wake.set()
         return await waiting.answer
@@ -144,7 +150,7 @@ class GroupCommitter:
 
     async def _commit(self, batch: list[_Waiting]) -> None:
         try:
-            outcomes = await asyncio.to_thread(self._save_batch, [w.aggregates for w in batch])
+            outcomes = await asyncio.to_thread(self._save_batch, batch)
         except BaseException:
             unknown = CommitterStopped("the service stopped while saving; the outcome is unknown")
             for waiting in batch:
@@ -192,24 +198,32 @@ class GroupCommitter:
         self._waiting.extendleft(reversed(later))
         return batch
 
-    def _save_batch(self, commands: list[tuple[Aggregate, ...]]) -> list[Outcome]:
-        pending = [[list(a.pending_events) for a in aggregates] for aggregates in commands]
-        everything = [a for aggregates in commands for a in aggregates]
+    def _save_batch(self, batch: list[_Waiting]) -> list[Outcome]:
+        pending = [[list(a.pending_events) for a in w.aggregates] for w in batch]
+        everything = [a for w in batch for a in w.aggregates]
+        keys = [w.idempotency for w in batch if w.idempotency is not None]
         try:
-            recordings = self._store.save(*everything)
-            return [[_saved(a, recordings) for a in aggregates] for aggregates in commands]
+            recordings = self._store.save(*everything, idempotency=keys)
+            return [[_saved(a, recordings) for a in w.aggregates] for w in batch]
         except IntegrityError:
-            for aggregates, events in zip(commands, pending, strict=True):
-                for aggregate, mine in zip(aggregates, events, strict=True):
+            for waiting, events in zip(batch, pending, strict=True):
+                for aggregate, mine in zip(waiting.aggregates, events, strict=True):
                     aggregate.pending_events[:] = mine
-            return [self._save_one(aggregates, events)
-                    for aggregates, events in zip(commands, pending, strict=True)]
+            return [self._save_one(w.aggregates, events, w.idempotency)
+                    for w, events in zip(batch, pending, strict=True)]
         except Exception as error:
-            return [error for _ in commands]
+            return [error for _ in batch]
 
-    def _save_one(self, aggregates: tuple[Aggregate, ...], pending: list[list[Any]]) -> Outcome:
+    def _save_one(
+        self,
+        aggregates: tuple[Aggregate, ...],
+        pending: list[list[Any]],
+        idempotency: IdempotencyRecord | None = None,
+    ) -> Outcome:
         try:
-            recordings = self._store.save(*aggregates)
+            recordings = self._store.save(
+                *aggregates, idempotency=[idempotency] if idempotency else []
+            )
             return [_saved(a, recordings) for a in aggregates]
         except IntegrityError:
             # The library retries a save whose connection broke: if the first try had

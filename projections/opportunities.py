@@ -1,4 +1,5 @@
-"""The `opportunities` read model: list (filter by stage, owner, customer) and detail."""
+"""Opportunities read models: list/detail with stage history; pipeline and forecast are
+queries over the same table (see api/crm.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ CREATE TABLE IF NOT EXISTS opportunities (
     owner text NOT NULL,
     stage text NOT NULL,
     status text NOT NULL,
+    probability integer NOT NULL,
     amount numeric(18, 2),
     currency text NOT NULL,
+    expected_close date,
+    source_lead_id text,
     lost_reason text,
     competitor text,
     version integer NOT NULL,
@@ -32,30 +36,62 @@ CREATE INDEX IF NOT EXISTS opportunities_tenant_opened
     ON opportunities (tenant_id, opened_position DESC);
 CREATE INDEX IF NOT EXISTS opportunities_tenant_stage ON opportunities (tenant_id, stage);
 CREATE INDEX IF NOT EXISTS opportunities_tenant_owner ON opportunities (tenant_id, owner);
-CREATE INDEX IF NOT EXISTS opportunities_tenant_customer
-    ON opportunities (tenant_id, customer_id);
+CREATE INDEX IF NOT EXISTS opportunities_tenant_customer ON opportunities (tenant_id, customer_id);
+CREATE INDEX IF NOT EXISTS opportunities_tenant_close ON opportunities (tenant_id, expected_close);
+CREATE TABLE IF NOT EXISTS opportunity_stage_history (
+    opportunity_id uuid NOT NULL,
+    version integer NOT NULL,
+    tenant_id text NOT NULL,
+    stage text NOT NULL,
+    status text NOT NULL,
+    probability integer NOT NULL,
+    reason text,
+    changed_at timestamptz NOT NULL,
+    PRIMARY KEY (opportunity_id, version)
+);
 """
 
-# Each update applies only the next version, so a replayed event changes nothing.
+# Each change applies only on top of the version before it, so a replayed event is a no-op.
 _OPENED = """
-INSERT INTO opportunities (opportunity_id, tenant_id, customer_id, title, owner, stage,
-    status, amount, currency, version, opened_position, log_position, opened_at, updated_at)
-VALUES (%s, %s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO opportunities (opportunity_id, tenant_id, customer_id, title, owner, stage, status,
+    probability, amount, currency, expected_close, source_lead_id, version, opened_position,
+    log_position, opened_at, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (opportunity_id) DO NOTHING
 """
-_STAGE_CHANGED = """
-UPDATE opportunities SET stage = %s, version = %s, log_position = %s, updated_at = %s
-WHERE opportunity_id = %s AND version = %s - 1
+_HISTORY = """
+INSERT INTO opportunity_stage_history (opportunity_id, version, tenant_id, stage, status,
+    probability, reason, changed_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
 """
-_WON = """
-UPDATE opportunities SET status = 'won', amount = %s, currency = %s,
-    version = %s, log_position = %s, updated_at = %s
-WHERE opportunity_id = %s AND version = %s - 1
+_CLOSED_HISTORY = """
+INSERT INTO opportunity_stage_history (opportunity_id, version, tenant_id, stage, status,
+    probability, reason, changed_at)
+SELECT opportunity_id, %(v)s, tenant_id, stage, %(status)s, %(probability)s, %(reason)s, %(at)s
+FROM opportunities WHERE opportunity_id = %(id)s
+ON CONFLICT DO NOTHING
 """
-_LOST = """
-UPDATE opportunities SET status = 'lost', lost_reason = %s, competitor = %s,
-    version = %s, log_position = %s, updated_at = %s
-WHERE opportunity_id = %s AND version = %s - 1
+_NEXT = "version = %(v)s, log_position = %(pos)s, updated_at = %(at)s"
+_WHERE = "WHERE opportunity_id = %(id)s AND version = %(v)s - 1"
+_UPDATED = f"""
+UPDATE opportunities SET title = coalesce(%(title)s, title), owner = coalesce(%(owner)s, owner),
+    amount = coalesce(%(amount)s, amount),
+    expected_close = coalesce(%(expected_close)s::date, expected_close),
+    probability = coalesce(%(probability)s, probability), {_NEXT} {_WHERE}
+"""
+_STAGE_CHANGED = f"""
+UPDATE opportunities SET stage = %(stage)s, probability = %(probability)s, {_NEXT} {_WHERE}
+"""
+_WON = f"""
+UPDATE opportunities SET status = 'won', probability = 100, amount = %(amount)s, {_NEXT} {_WHERE}
+"""
+_LOST = f"""
+UPDATE opportunities SET status = 'lost', probability = 0, lost_reason = %(reason)s,
+    competitor = %(competitor)s, {_NEXT} {_WHERE}
+"""
+_REOPENED = f"""
+UPDATE opportunities SET status = 'open', stage = %(stage)s, probability = %(probability)s,
+    lost_reason = NULL, competitor = NULL, {_NEXT} {_WHERE}
 """
 
 
@@ -64,9 +100,11 @@ class OpportunitiesProjection:
     ddl = DDL
     _reads: dict[str, type[Any]] = {
         "erp.opportunity.opened": c.OpportunityOpened,
+        "erp.opportunity.updated": c.OpportunityUpdated,
         "erp.opportunity.stage_changed": c.OpportunityStageChanged,
         "erp.opportunity.won": c.OpportunityWon,
         "erp.opportunity.lost": c.OpportunityLost,
+        "erp.opportunity.reopened": c.OpportunityReopened,
     }
 
     def reads(self, subject: str) -> type[Any] | None:
@@ -75,22 +113,41 @@ class OpportunitiesProjection:
     async def apply(self, cur: AsyncCursor[Any], event: Delivered) -> None:
         assert event.envelope is not None
         data: Any = event.envelope.data
-        at = event.envelope.timestamp
+        tenant, at = event.envelope.tenant_id, event.envelope.timestamp
         v, pos = event.aggregate_version, event.log_position
+        step = {"id": data.opportunity_id, "v": v, "pos": pos, "at": at}
+
+        async def history(stage: str, status: str, probability: int, reason: str | None) -> None:
+            await cur.execute(_HISTORY, (data.opportunity_id, v, tenant, stage, status,
+                                         probability, reason, at))
+
         match data:
             case c.OpportunityOpened():
                 await cur.execute(_OPENED, (
-                    data.opportunity_id, event.envelope.tenant_id, data.customer_id,
-                    data.title, data.owner, data.stage, data.amount, data.currency,
-                    v, pos, pos, at, at,
+                    data.opportunity_id, tenant, data.customer_id, data.title, data.owner,
+                    data.stage, data.probability, data.amount, data.currency,
+                    data.expected_close, data.source_lead_id, v, pos, pos, at, at,
                 ))
+                await history(data.stage, "open", data.probability, None)
+            case c.OpportunityUpdated():
+                await cur.execute(_UPDATED, {
+                    **step, "title": data.title, "owner": data.owner, "amount": data.amount,
+                    "expected_close": data.expected_close, "probability": data.probability,
+                })
             case c.OpportunityStageChanged():
-                await cur.execute(_STAGE_CHANGED, (data.stage, v, pos, at, data.opportunity_id, v))
+                await cur.execute(_STAGE_CHANGED, {**step, "stage": data.stage,
+                                                   "probability": data.probability})
+                await history(data.stage, "open", data.probability, None)
             case c.OpportunityWon():
-                await cur.execute(
-                    _WON, (data.amount, data.currency, v, pos, at, data.opportunity_id, v)
-                )
+                await cur.execute(_WON, {**step, "amount": data.amount})
+                await cur.execute(_CLOSED_HISTORY, {**step, "status": "won", "probability": 100,
+                                                    "reason": None})
             case c.OpportunityLost():
-                await cur.execute(
-                    _LOST, (data.reason, data.competitor, v, pos, at, data.opportunity_id, v)
-                )
+                await cur.execute(_LOST, {**step, "reason": data.reason,
+                                          "competitor": data.competitor})
+                await cur.execute(_CLOSED_HISTORY, {**step, "status": "lost", "probability": 0,
+                                                    "reason": data.reason})
+            case c.OpportunityReopened():
+                await cur.execute(_REOPENED, {**step, "stage": data.stage,
+                                              "probability": data.probability})
+                await history(data.stage, "open", data.probability, data.reason)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import msgspec
 
-from streams.events import crm, hrm, manufacturing
+from streams.events import crm, hrm, manufacturing, procurement, tenancy
 from streams.events.base import Publication
 
 PUBLICATIONS: dict[type, Publication] = {
     **crm.PUBLICATIONS,
     **hrm.PUBLICATIONS,
     **manufacturing.PUBLICATIONS,
+    **procurement.PUBLICATIONS,
+    **tenancy.PUBLICATIONS,
 }
 
 PAYLOADS_BY_SUBJECT: dict[str, type[msgspec.Struct]] = {

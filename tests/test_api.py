@@ -21,7 +21,7 @@ async def open_one(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
 
 async def test_a_command_is_read_back_through_the_read_model(client: httpx.AsyncClient) -> None:
     opened = await open_one(client, amount=150000)
-    oid = opened["opportunity_id"]
+    oid = opened["id"]
     assert opened["version"] == 1
     staged = (await client.post(f"{BASE}/{oid}/stage", json={"stage": "proposal"})).json()
     won = await client.post(f"{BASE}/{oid}/win", json={"amount": 175000.50})
@@ -44,7 +44,7 @@ async def test_list_filters_and_pages(client: httpx.AsyncClient) -> None:
     last = {}
     for i in range(5):
         last = await open_one(client, owner="bob" if i % 2 else "alice", customer_id=f"c{i}")
-    await client.post(f"{BASE}/{last['opportunity_id']}/stage", json={"stage": "negotiation"})
+    await client.post(f"{BASE}/{last['id']}/stage", json={"stage": "negotiation"})
     position = (await open_one(client, owner="carol"))["log_position"]
 
     page = (await client.get(BASE, params={"min_position": position, "limit": 4})).json()
@@ -58,7 +58,7 @@ async def test_list_filters_and_pages(client: httpx.AsyncClient) -> None:
     bobs = (await client.get(BASE, params={"owner": "bob"})).json()["items"]
     assert {i["owner"] for i in bobs} == {"bob"} and len(bobs) == 2
     negotiating = (await client.get(BASE, params={"stage": "negotiation"})).json()["items"]
-    assert [i["opportunity_id"] for i in negotiating] == [last["opportunity_id"]]
+    assert [i["opportunity_id"] for i in negotiating] == [last["id"]]
     c3 = (await client.get(BASE, params={"customer_id": "c3"})).json()["items"]
     assert [i["customer_id"] for i in c3] == ["c3"]
 
@@ -82,7 +82,7 @@ async def test_malformed_json_and_bad_query_are_422(client: httpx.AsyncClient) -
 
 
 async def test_a_broken_rule_is_named(client: httpx.AsyncClient) -> None:
-    oid = (await open_one(client))["opportunity_id"]
+    oid = (await open_one(client))["id"]
     assert (await client.post(f"{BASE}/{oid}/lose", json={"reason": "budget"})).status_code == 200
     refused = await client.post(f"{BASE}/{oid}/win", json={"amount": 5})
     assert refused.status_code == 409
@@ -102,7 +102,7 @@ async def test_unknown_id_is_404(client: httpx.AsyncClient) -> None:
 
 async def test_another_tenants_opportunity_is_not_found(client: httpx.AsyncClient) -> None:
     opened = await open_one(client)
-    oid = opened["opportunity_id"]
+    oid = opened["id"]
     other = {"X-Tenant-ID": "tenant-b"}
     assert (await client.post(f"{BASE}/{oid}/win", json={"amount": 1}, headers=other)).status_code == 404
     params = {"min_position": opened["log_position"]}
@@ -118,7 +118,7 @@ async def test_a_request_without_tenant_is_refused(client: httpx.AsyncClient) ->
 
 async def test_concurrent_changes_lose_no_update(client: httpx.AsyncClient) -> None:
     """Ten clients move one opportunity at once: every move is kept, in some order."""
-    oid = (await open_one(client))["opportunity_id"]
+    oid = (await open_one(client))["id"]
     stages = ["needs_analysis", "proposal", "negotiation", "qualification"] * 3
     responses = await asyncio.gather(*(
         client.post(f"{BASE}/{oid}/stage", json={"stage": s}) for s in stages
@@ -132,7 +132,7 @@ async def test_concurrent_changes_lose_no_update(client: httpx.AsyncClient) -> N
 
 
 async def test_concurrent_wins_only_one_succeeds(client: httpx.AsyncClient) -> None:
-    oid = (await open_one(client))["opportunity_id"]
+    oid = (await open_one(client))["id"]
     responses = await asyncio.gather(*(
         client.post(f"{BASE}/{oid}/win", json={"amount": 100 + i}) for i in range(8)
     ))
@@ -142,7 +142,7 @@ async def test_concurrent_wins_only_one_succeeds(client: httpx.AsyncClient) -> N
 
 
 async def test_if_match_refuses_a_stale_version(client: httpx.AsyncClient) -> None:
-    oid = (await open_one(client))["opportunity_id"]
+    oid = (await open_one(client))["id"]
     ok = await client.post(f"{BASE}/{oid}/stage", json={"stage": "proposal"}, headers={"If-Match": '"1"'})
     assert ok.status_code == 200 and ok.headers["etag"] == '"2"'
     stale = await client.post(f"{BASE}/{oid}/stage", json={"stage": "negotiation"},

@@ -30,7 +30,7 @@ async def test_opportunity_won_matches_the_integration_guide(
     opened = await client.post(BASE, json={"customer_id": "cust-77", "title": "ERP rollout",
                                            "owner": "alice"},
                                headers={"X-Correlation-ID": "deal-9"})
-    oid = opened.json()["opportunity_id"]
+    oid = opened.json()["id"]
     won = await client.post(f"{BASE}/{oid}/win", json={"amount": 10000.00},
                             headers={"X-Correlation-ID": "deal-9"})
     assert won.status_code == 200
@@ -65,8 +65,8 @@ async def test_every_event_goes_to_its_own_subject(
 ) -> None:
     first = (await client.post(BASE, json={"customer_id": "c", "title": "t", "owner": "o"})).json()
     second = (await client.post(BASE, json={"customer_id": "c", "title": "t", "owner": "o"})).json()
-    await client.post(f"{BASE}/{first['opportunity_id']}/stage", json={"stage": "proposal"})
-    await client.post(f"{BASE}/{second['opportunity_id']}/lose",
+    await client.post(f"{BASE}/{first['id']}/stage", json={"stage": "proposal"})
+    await client.post(f"{BASE}/{second['id']}/lose",
                       json={"reason": "price", "competitor": "Acme"})
     messages = await stream_messages(js, 4)
     assert [m.subject for m in messages] == [
@@ -74,5 +74,5 @@ async def test_every_event_goes_to_its_own_subject(
         "erp.opportunity.stage_changed", "erp.opportunity.lost",
     ]
     lost = json.loads(messages[3].data)["data"]
-    assert lost == {"opportunity_id": second["opportunity_id"], "reason": "price",
+    assert lost == {"opportunity_id": second["id"], "reason": "price",
                     "competitor": "Acme"}

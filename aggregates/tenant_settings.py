@@ -1,0 +1,126 @@
+"""A tenant's business settings (tier 2): pipeline stages, PO approval chain, tolerances.
+
+One aggregate per tenant with a derived id; a tenant that never configured anything
+gets the defaults. Other aggregates are handed these values; they never load them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from aggregates.errors import InvalidValue
+from aggregates.purchase_order import ApprovalChain, ApprovalLevel
+
+_NAMESPACE = uuid5(NAMESPACE_URL, "urn:erp-service:tenant-settings")
+CLOSED_STAGES = ("won", "lost")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    probability: int  # default win probability, percent, when an opportunity enters it
+
+
+DEFAULT_STAGES = (
+    Stage("qualification", 10), Stage("needs_analysis", 25),
+    Stage("proposal", 50), Stage("negotiation", 75),
+)
+
+
+class InvalidStages(InvalidValue):
+    pass
+
+
+class InvalidTolerance(InvalidValue):
+    pass
+
+
+def _percent(value: Decimal, field: str) -> Decimal:
+    if not value.is_finite() or not Decimal(0) <= value <= Decimal(100):
+        raise InvalidTolerance(f"{field} must be between 0 and 100 percent, not {value}", field=field)
+    return value
+
+
+class TenantSettings(Aggregate):
+    @staticmethod
+    def id_for(tenant_id: str) -> UUID:
+        return uuid5(_NAMESPACE, tenant_id)
+
+    @classmethod
+    def create_id(cls, tenant_id: str) -> UUID:
+        return cls.id_for(tenant_id)
+
+    @event("Initialised")
+    def __init__(self, tenant_id: str) -> None:
+        self.tenant_id = tenant_id
+        self._stages: list[dict[str, object]] = [
+            {"name": s.name, "probability": s.probability} for s in DEFAULT_STAGES
+        ]
+        self._approvals: list[dict[str, object]] = [
+            {"min_amount": a.min_amount, "role": a.role} for a in ApprovalChain().levels
+        ]
+        self.over_receipt_percent = Decimal(0)
+        self.over_production_percent = Decimal(0)
+        self.over_consumption_percent = Decimal(0)
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return tuple(Stage(str(s["name"]), int(str(s["probability"]))) for s in self._stages)
+
+    @property
+    def approval_chain(self) -> ApprovalChain:
+        return ApprovalChain(tuple(ApprovalLevel(Decimal(str(a["min_amount"])), str(a["role"]))
+                                   for a in self._approvals))
+
+    def configure_stages(self, stages: Sequence[Stage]) -> None:
+        names = [s.name for s in stages]
+        if not stages:
+            raise InvalidStages("at least one open stage is needed", field="stages")
+        if len(set(names)) != len(names):
+            raise InvalidStages("stage names must be unique", field="stages")
+        for i, stage in enumerate(stages):
+            if stage.name in CLOSED_STAGES or not stage.name.strip():
+                raise InvalidStages(f"{stage.name!r} cannot be an open stage",
+                                    field=f"stages.{i}.name")
+            if not 0 <= stage.probability <= 100:
+                raise InvalidStages("probability must be 0 to 100",
+                                    field=f"stages.{i}.probability")
+        self._stages_configured(stages=[{"name": s.name, "probability": s.probability}
+                                        for s in stages])
+
+    @event("StagesConfigured")
+    def _stages_configured(self, stages: list[dict[str, object]]) -> None:
+        self._stages = stages
+
+    def configure_approvals(self, levels: Sequence[ApprovalLevel]) -> None:
+        ApprovalChain(tuple(levels))  # refuses a chain that lets an order go unapproved
+        self._approvals_configured(levels=[{"min_amount": lv.min_amount, "role": lv.role}
+                                           for lv in levels])
+
+    @event("ApprovalsConfigured")
+    def _approvals_configured(self, levels: list[dict[str, object]]) -> None:
+        self._approvals = levels
+
+    def configure_tolerances(
+        self, *, over_receipt_percent: Decimal, over_production_percent: Decimal,
+        over_consumption_percent: Decimal,
+    ) -> None:
+        self._tolerances_configured(
+            over_receipt_percent=_percent(over_receipt_percent, "over_receipt_percent"),
+            over_production_percent=_percent(over_production_percent, "over_production_percent"),
+            over_consumption_percent=_percent(over_consumption_percent, "over_consumption_percent"),
+        )
+
+    @event("TolerancesConfigured")
+    def _tolerances_configured(
+        self, over_receipt_percent: Decimal, over_production_percent: Decimal,
+        over_consumption_percent: Decimal,
+    ) -> None:
+        self.over_receipt_percent = over_receipt_percent
+        self.over_production_percent = over_production_percent
+        self.over_consumption_percent = over_consumption_percent

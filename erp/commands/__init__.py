@@ -1,0 +1,142 @@
+"""Running commands: load what a decision needs, let the domain decide, save what changed.
+
+One runner serves every module: a module's command is a small `decide` function that
+loads aggregates through a `Loader` and calls their methods. The runner re-runs it on a
+version clash (the domain re-checks its rules on the newer state), honours If-Match,
+and answers a repeated Idempotency-Key with the first result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate
+
+from aggregates.tenant_settings import TenantSettings
+from erp import idempotency
+from erp.eventstore import (
+    ErpEventStore,
+    EventMetadata,
+    GroupCommitter,
+    Saved,
+    VersionConflict,
+    stamp,
+)
+from erp.idempotency import IdempotencyKey, IdempotencyKeyReused, IdempotencyRecord
+
+A = TypeVar("A", bound=Aggregate)
+
+
+class NotFound(Exception):
+    def __init__(self, kind: str, aggregate_id: UUID) -> None:
+        super().__init__(f"{kind} {aggregate_id} not found")
+
+
+class StaleVersion(VersionConflict):
+    """The client's expected version (If-Match) is not the current one."""
+
+
+def kind_name(kind: type) -> str:
+    return "".join(f" {c.lower()}" if c.isupper() else c for c in kind.__name__).strip()
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    tenant_id: str
+    metadata: EventMetadata
+    expected_version: int | None = None  # from If-Match: no transparent retry then
+    idempotency: IdempotencyKey | None = None
+
+
+class Loader:
+    """Loads aggregates for one decision, in a worker thread, within the tenant."""
+
+    def __init__(self, store: ErpEventStore, ctx: CommandContext) -> None:
+        self._store = store
+        self.ctx = ctx
+
+    def find(self, kind: type[A], aggregate_id: UUID) -> A | None:
+        try:
+            aggregate: Aggregate = self._store.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        # Another tenant's aggregate is "not found", never "forbidden": that would confirm it exists.
+        if not isinstance(aggregate, kind) or getattr(aggregate, "tenant_id", None) != self.ctx.tenant_id:
+            return None
+        return aggregate
+
+    def get(self, kind: type[A], aggregate_id: UUID) -> A:
+        found = self.find(kind, aggregate_id)
+        if found is None:
+            raise NotFound(kind_name(kind), aggregate_id)
+        return found
+
+    def target(self, kind: type[A], aggregate_id: UUID) -> A:
+        """The aggregate the command is about; If-Match applies to it."""
+        aggregate = self.get(kind, aggregate_id)
+        expected = self.ctx.expected_version
+        if expected is not None and aggregate.version != expected:
+            raise StaleVersion(
+                f"{kind_name(kind)} {aggregate_id} is at version {aggregate.version}, not {expected}"
+            )
+        return aggregate
+
+    def settings(self) -> TenantSettings:
+        """The tenant's settings, or the defaults if it never configured any."""
+        found = self.find(TenantSettings, TenantSettings.id_for(self.ctx.tenant_id))
+        return found or TenantSettings(tenant_id=self.ctx.tenant_id)
+
+
+Decision = Callable[[Loader], Aggregate | Sequence[Aggregate]]
+
+
+class CommandRunner:
+    def __init__(self, store: ErpEventStore, committer: GroupCommitter, retries: int) -> None:
+        self.store = store
+        self._committer = committer
+        self._retries = retries
+
+    async def execute(self, ctx: CommandContext, decide: Decision) -> Saved:
+        """Runs `decide` and saves every aggregate it changed, in one transaction; answers
+        the first aggregate's version and log position."""
+        replayed = await self._replay(ctx)
+        if replayed is not None:
+            return replayed
+        for attempt in range(self._retries + 1):
+            decided = await asyncio.to_thread(decide, Loader(self.store, ctx))
+            aggregates = (decided,) if isinstance(decided, Aggregate) else tuple(decided)
+            changed = tuple(a for a in aggregates if a.pending_events)
+            if not changed:
+                raise AssertionError("a command must change something")  # pragma: no cover
+            for aggregate in changed:
+                stamp(aggregate, ctx.metadata)
+            key = None
+            if ctx.idempotency is not None:
+                key = IdempotencyRecord(ctx.tenant_id, ctx.idempotency.key,
+                                        ctx.idempotency.fingerprint, changed[0].id, changed[0].version)
+            try:
+                return (await self._committer.save(*changed, idempotency=key))[0]
+            except VersionConflict:
+                replayed = await self._replay(ctx)  # the same request may have won the race
+                if replayed is not None:
+                    return replayed
+                if ctx.expected_version is not None or attempt == self._retries:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _replay(self, ctx: CommandContext) -> Saved | None:
+        if ctx.idempotency is None:
+            return None
+        first = await asyncio.to_thread(
+            idempotency.find, self.store.recorder, ctx.tenant_id, ctx.idempotency.key  # type: ignore[arg-type]
+        )
+        if first is None:
+            return None
+        if first["fingerprint"] != ctx.idempotency.fingerprint:
+            raise IdempotencyKeyReused(ctx.idempotency.key)
+        return Saved(first["aggregate_id"], first["version"], first["notification_id"])

@@ -1,0 +1,95 @@
+"""Idempotency keys, recorded in the transaction that stores the command's events.
+
+A command sent again with the same `Idempotency-Key` and the same request answers the
+first result and stores nothing; the same key with another request is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed
+
+DDL = """
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    tenant_id text NOT NULL,
+    key text NOT NULL,
+    fingerprint text NOT NULL,
+    aggregate_id uuid NOT NULL,
+    version bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, key)
+)
+"""
+
+
+class IdempotencyKeyReused(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was used for a different request; use a new key"
+        )
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    key: str
+    fingerprint: str  # of the request: method, path and body
+
+    @staticmethod
+    def of(key: str, method: str, path: str, body: bytes) -> IdempotencyKey:
+        digest = hashlib.sha256(f"{method} {path}\n".encode() + body).hexdigest()
+        return IdempotencyKey(key, digest)
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    tenant_id: str
+    key: str
+    fingerprint: str
+    aggregate_id: UUID
+    version: int
+
+
+class ErpRecorder(PostgresApplicationRecorder):
+    """The library's recorder, also writing idempotency keys in the events' transaction."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sql_create_statements.append(Composed([SQL(DDL)]))
+
+    def _insert_events(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Any,
+        *,
+        idempotency: list[IdempotencyRecord] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super()._insert_events(curs, stored_events, **kwargs)
+        if idempotency:
+            curs.executemany(
+                "INSERT INTO idempotency_keys (tenant_id, key, fingerprint, aggregate_id, version) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                [(r.tenant_id, r.key, r.fingerprint, r.aggregate_id, r.version)
+                 for r in idempotency],
+            )
+
+
+def find(recorder: PostgresApplicationRecorder, tenant_id: str, key: str) -> dict[str, Any] | None:
+    """The first answer to this key: fingerprint, aggregate id, version and log position."""
+    with recorder.datastore.get_connection() as conn:
+        row = conn.execute(
+            "SELECT k.fingerprint, k.aggregate_id, k.version, e.notification_id "
+            f"FROM idempotency_keys k JOIN {recorder.events_table_name} e "
+            "ON e.originator_id = k.aggregate_id AND e.originator_version = k.version "
+            "WHERE k.tenant_id = %s AND k.key = %s",
+            (tenant_id, key),
+        ).fetchone()
+    return dict(row) if row else None
+

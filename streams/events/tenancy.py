@@ -1,0 +1,81 @@
+"""Tenant-wide records on the wire: business settings and document number series."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from uuid import UUID
+
+import msgspec
+
+from aggregates.numbering import DocumentSeries
+from aggregates.tenant_settings import TenantSettings
+from streams.events.base import Publication, domain_event
+
+
+class StageSetting(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    probability: int
+
+
+class ApprovalLevelSetting(msgspec.Struct, frozen=True, kw_only=True):
+    min_amount: Decimal
+    role: str
+
+
+class SettingsInitialised(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_settings_id: UUID
+
+
+class StagesConfigured(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_settings_id: UUID
+    stages: list[StageSetting]
+
+
+class ApprovalsConfigured(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_settings_id: UUID
+    levels: list[ApprovalLevelSetting]
+
+
+class TolerancesConfigured(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_settings_id: UUID
+    over_receipt_percent: Decimal
+    over_production_percent: Decimal
+    over_consumption_percent: Decimal
+
+
+class SeriesStarted(msgspec.Struct, frozen=True, kw_only=True):
+    series_id: UUID
+    prefix: str
+    year: int
+
+
+class NumberIssued(msgspec.Struct, frozen=True, kw_only=True):
+    series_id: UUID
+    number: int
+
+
+PUBLICATIONS: dict[type, Publication] = {
+    domain_event(TenantSettings, "Initialised"): Publication(
+        "erp.tenant_settings.initialised", SettingsInitialised, "tenant_settings",
+        lambda e: SettingsInitialised(tenant_settings_id=e.originator_id)),
+    domain_event(TenantSettings, "StagesConfigured"): Publication(
+        "erp.tenant_settings.stages_configured", StagesConfigured, "tenant_settings",
+        lambda e: StagesConfigured(tenant_settings_id=e.originator_id,
+                                   stages=[StageSetting(**s) for s in e.stages])),
+    domain_event(TenantSettings, "ApprovalsConfigured"): Publication(
+        "erp.tenant_settings.approvals_configured", ApprovalsConfigured, "tenant_settings",
+        lambda e: ApprovalsConfigured(tenant_settings_id=e.originator_id,
+                                      levels=[ApprovalLevelSetting(**lv) for lv in e.levels])),
+    domain_event(TenantSettings, "TolerancesConfigured"): Publication(
+        "erp.tenant_settings.tolerances_configured", TolerancesConfigured, "tenant_settings",
+        lambda e: TolerancesConfigured(
+            tenant_settings_id=e.originator_id, over_receipt_percent=e.over_receipt_percent,
+            over_production_percent=e.over_production_percent,
+            over_consumption_percent=e.over_consumption_percent)),
+    domain_event(DocumentSeries, "Started"): Publication(
+        "erp.document_series.started", SeriesStarted, "document_series",
+        lambda e: SeriesStarted(series_id=e.originator_id, prefix=e.prefix, year=e.year)),
+    domain_event(DocumentSeries, "NumberIssued"): Publication(
+        "erp.document_series.number_issued", NumberIssued, "document_series",
+        lambda e: NumberIssued(series_id=e.originator_id, number=e.number)),
+}
