@@ -5,16 +5,23 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from aggregates.errors import InvalidValue, RuleViolation
 from aggregates.opportunity import (
     AlreadyInStage,
     AmountNotPositive,
+    NothingToChange,
     Opportunity,
     OpportunityClosed,
+    OpportunityOpen,
     ReasonRequired,
     Status,
     UnknownStage,
 )
+from aggregates.tenant_settings import DEFAULT_STAGES, Stage
 
 
 def opened(**overrides: object) -> Opportunity:
@@ -106,3 +113,125 @@ def test_replaying_the_events_rebuilds_the_same_state() -> None:
     for e in events:
         copy = e.mutate(copy)
     assert copy == o
+
+
+# Probability, stages from settings, edits, reopening.
+
+
+CUSTOM = (Stage("lead", 5), Stage("demo", 40), Stage("contract", 90))
+
+
+def test_entering_a_stage_sets_its_default_probability_unless_given() -> None:
+    o = opened(stages=CUSTOM)
+    assert (o.stage, o.probability) == ("lead", 5)
+    o.change_stage("demo", stages=CUSTOM)
+    assert o.probability == 40
+    o.change_stage("contract", probability=70, stages=CUSTOM)
+    assert o.probability == 70
+
+
+def test_stages_are_the_tenants() -> None:
+    with pytest.raises(UnknownStage):
+        opened(stages=CUSTOM).change_stage("proposal", stages=CUSTOM)
+
+
+def test_won_is_certain_and_lost_is_hopeless() -> None:
+    won, lost = opened(), opened()
+    won.win(Decimal(5))
+    lost.lose("budget")
+    assert (won.probability, lost.probability) == (100, 0)
+
+
+def test_a_closed_opportunity_reopens_in_its_stage_with_a_reason() -> None:
+    o = opened()
+    o.change_stage("proposal")
+    o.lose("price", competitor="Acme")
+    with pytest.raises(ReasonRequired):
+        o.reopen("  ")
+    o.reopen("they came back")
+    assert (o.status, o.stage, o.probability, o.lost_reason) == (Status.OPEN, "proposal", 50, None)
+    with pytest.raises(OpportunityOpen):
+        o.reopen("again")
+
+
+def test_a_closed_opportunity_cannot_be_edited() -> None:
+    o = opened()
+    o.win(Decimal(1))
+    with pytest.raises(OpportunityClosed):
+        o.update(title="new")
+
+
+def test_an_edit_records_only_what_changed() -> None:
+    o = opened(amount=Decimal(100))
+    o.update(title="Fleet tracking", amount=Decimal("150.5"), expected_close="2026-12-31")
+    changes = o.collect_events()[-1].changes  # type: ignore[attr-defined]
+    assert changes == {"amount": Decimal("150.50"), "expected_close": "2026-12-31"}
+    with pytest.raises(NothingToChange):
+        o.update(title="Fleet tracking")
+
+
+def test_probability_and_close_date_are_checked() -> None:
+    from aggregates.opportunity import InvalidCloseDate, ProbabilityOutOfRange
+
+    with pytest.raises(ProbabilityOutOfRange):
+        opened(probability=101)
+    with pytest.raises(InvalidCloseDate):
+        opened(expected_close="31/12/2026")
+
+
+class OpportunityMachine(RuleBasedStateMachine):
+    """Random commands; after each, the invariants hold and replay gives the same state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.o = opened()
+        self.events = list(self.o.collect_events())
+
+    def _try(self, command: object) -> None:
+        try:
+            command()  # type: ignore[operator]
+        except (RuleViolation, InvalidValue):
+            assert not self.o.pending_events  # a refused command changes nothing
+        self.events += self.o.collect_events()
+
+    @rule(stage=st.sampled_from([s.name for s in DEFAULT_STAGES] + ["nowhere"]),
+          probability=st.one_of(st.none(), st.integers(-5, 105)))
+    def change_stage(self, stage: str, probability: int | None) -> None:
+        self._try(lambda: self.o.change_stage(stage, probability=probability))
+
+    @rule(amount=st.one_of(st.none(), st.decimals(-10, 10**7, places=2)))
+    def win(self, amount: Decimal | None) -> None:
+        self._try(lambda: self.o.win(amount))
+
+    @rule(reason=st.sampled_from(["", "price", "timing"]))
+    def lose(self, reason: str) -> None:
+        self._try(lambda: self.o.lose(reason))
+
+    @rule(reason=st.sampled_from(["", "back"]))
+    def reopen(self, reason: str) -> None:
+        self._try(lambda: self.o.reopen(reason))
+
+    @rule(title=st.sampled_from(["A", "B"]), probability=st.integers(0, 100))
+    def update(self, title: str, probability: int) -> None:
+        self._try(lambda: self.o.update(title=title, probability=probability))
+
+    @invariant()
+    def holds(self) -> None:
+        o = self.o
+        assert 0 <= o.probability <= 100
+        assert o.stage in {s.name for s in DEFAULT_STAGES}
+        if o.status is Status.WON:
+            assert o.probability == 100 and o.amount is not None and o.amount > 0
+        if o.status is Status.LOST:
+            assert o.probability == 0 and o.lost_reason
+        assert o.version == len(self.events)
+        copy: Opportunity | None = None
+        for e in self.events:
+            copy = e.mutate(copy)
+        assert copy == o
+
+
+OpportunityMachine.TestCase.settings = hsettings(max_examples=60, stateful_step_count=25,
+                                                 deadline=None)
+test_random_command_sequences_keep_the_invariants = OpportunityMachine.TestCase
+

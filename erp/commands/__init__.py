@@ -56,9 +56,10 @@ class CommandContext:
 class Loader:
     """Loads aggregates for one decision, in a worker thread, within the tenant."""
 
-    def __init__(self, store: ErpEventStore, ctx: CommandContext) -> None:
+    def __init__(self, store: ErpEventStore, tenant_id: str, expected_version: int | None = None) -> None:
         self._store = store
-        self.ctx = ctx
+        self.tenant_id = tenant_id
+        self._expected_version = expected_version
 
     def find(self, kind: type[A], aggregate_id: UUID) -> A | None:
         try:
@@ -66,7 +67,7 @@ class Loader:
         except AggregateNotFoundError:
             return None
         # Another tenant's aggregate is "not found", never "forbidden": that would confirm it exists.
-        if not isinstance(aggregate, kind) or getattr(aggregate, "tenant_id", None) != self.ctx.tenant_id:
+        if not isinstance(aggregate, kind) or getattr(aggregate, "tenant_id", None) != self.tenant_id:
             return None
         return aggregate
 
@@ -79,7 +80,7 @@ class Loader:
     def target(self, kind: type[A], aggregate_id: UUID) -> A:
         """The aggregate the command is about; If-Match applies to it."""
         aggregate = self.get(kind, aggregate_id)
-        expected = self.ctx.expected_version
+        expected = self._expected_version
         if expected is not None and aggregate.version != expected:
             raise StaleVersion(
                 f"{kind_name(kind)} {aggregate_id} is at version {aggregate.version}, not {expected}"
@@ -88,8 +89,8 @@ class Loader:
 
     def settings(self) -> TenantSettings:
         """The tenant's settings, or the defaults if it never configured any."""
-        found = self.find(TenantSettings, TenantSettings.id_for(self.ctx.tenant_id))
-        return found or TenantSettings(tenant_id=self.ctx.tenant_id)
+        found = self.find(TenantSettings, TenantSettings.id_for(self.tenant_id))
+        return found or TenantSettings(tenant_id=self.tenant_id)
 
 
 Decision = Callable[[Loader], Aggregate | Sequence[Aggregate]]
@@ -108,7 +109,8 @@ class CommandRunner:
         if replayed is not None:
             return replayed
         for attempt in range(self._retries + 1):
-            decided = await asyncio.to_thread(decide, Loader(self.store, ctx))
+            load = Loader(self.store, ctx.tenant_id, ctx.expected_version)
+            decided = await asyncio.to_thread(decide, load)
             aggregates = (decided,) if isinstance(decided, Aggregate) else tuple(decided)
             changed = tuple(a for a in aggregates if a.pending_events)
             if not changed:
