@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
 from aggregates.errors import InvalidValue
 from aggregates.purchase_order import ApprovalChain, ApprovalLevel
+from aggregates.statutory import StatutoryRules, rules_for
 
 _NAMESPACE = uuid5(NAMESPACE_URL, "urn:erp-service:tenant-settings")
 CLOSED_STAGES = ("won", "lost")
@@ -38,6 +40,22 @@ class InvalidStages(InvalidValue):
 
 class InvalidTolerance(InvalidValue):
     pass
+
+
+class InvalidStatutoryOverride(InvalidValue):
+    pass
+
+
+OVERRIDABLE = frozenset({
+    "personal_relief", "secondary_employment_rate", "nssf_employee_rate", "nssf_employer_rate",
+    "nssf_lower_limit", "nssf_upper_limit", "shif_rate", "shif_minimum",
+    "housing_levy_employee_rate", "housing_levy_employer_rate",
+})
+
+
+def _override(effective_from: str, source: str, changes: dict[str, Any]) -> StatutoryRules:
+    base = rules_for(effective_from[:7])
+    return base.amended(effective_from, source, **{k: Decimal(str(v)) for k, v in changes.items()})
 
 
 def _percent(value: Decimal, field: str) -> Decimal:
@@ -67,6 +85,32 @@ class TenantSettings(Aggregate):
         self.over_receipt_percent = Decimal(0)
         self.over_production_percent = Decimal(0)
         self.over_consumption_percent = Decimal(0)
+        self.statutory_override_records: list[dict[str, Any]] = []
+
+    @property
+    def statutory_overrides(self) -> tuple[StatutoryRules, ...]:
+        """The tenant's own payroll rates, each a complete rule set from its date."""
+        return tuple(_override(o["effective_from"], o["source"], o["changes"])
+                     for o in self.statutory_override_records)
+
+    def override_statutory(self, effective_from: str, source: str, changes: dict[str, Decimal]) -> None:
+        """From `effective_from` ("YYYY-MM"), the rules in force then with `changes` applied."""
+        unknown = sorted(set(changes) - OVERRIDABLE)
+        if unknown or not changes:
+            raise InvalidStatutoryOverride(
+                f"rates that can be overridden: {', '.join(sorted(OVERRIDABLE))}; "
+                f"not {', '.join(unknown) or 'nothing'}", field="changes")
+        _override(effective_from, source, changes)  # refuses rates the rules would not accept
+        self._statutory_overridden(effective_from=effective_from, source=source,
+                                   changes=dict(changes))
+
+    @event("StatutoryOverridden")
+    def _statutory_overridden(self, effective_from: str, source: str, changes: dict[str, Any]) -> None:
+        kept = [o for o in self.statutory_override_records if o["effective_from"] != effective_from]
+        self.statutory_override_records = sorted(
+            [*kept, {"effective_from": effective_from, "source": source, "changes": changes}],
+            key=lambda o: str(o["effective_from"]),
+        )
 
     @property
     def stages(self) -> tuple[Stage, ...]:

@@ -53,12 +53,20 @@ class ConfigureTolerances(Body):
     over_consumption_percent: Decimal = Percent
 
 
+class StatutoryOverride(Body):
+    effective_from: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")
+    source: str = Field(min_length=1, max_length=200, description="the notice or decision")
+    changes: dict[str, Decimal] = Field(
+        min_length=1, description="rates as fractions (0.015) and amounts in KES, by name")
+
+
 class SettingsView(BaseModel):
     stages: list[StageModel]
     approval_levels: list[ApprovalLevelModel]
     over_receipt_percent: Decimal
     over_production_percent: Decimal
     over_consumption_percent: Decimal
+    statutory_overrides: list[StatutoryOverride]
     version: int = Field(description="0: never configured, defaults apply")
 
 
@@ -80,6 +88,7 @@ async def get_settings(request: Request) -> Response:
         "over_receipt_percent": settings.over_receipt_percent,
         "over_production_percent": settings.over_production_percent,
         "over_consumption_percent": settings.over_consumption_percent,
+        "statutory_overrides": settings.statutory_override_records,
         "version": version,
     }, headers={"ETag": f'"{version}"'})
 
@@ -122,9 +131,22 @@ async def configure_tolerances(request: Request) -> Response:
     return accepted(saved)
 
 
+@operation(summary="Override payroll rates for this tenant from a month on",
+           body=StatutoryOverride, response=CommandAccepted, errors=(400, 409, 412, 422, 503),
+           headers=(IF_MATCH, IDEMPOTENCY))
+async def override_statutory(request: Request) -> Response:
+    cmd = await rq.body(request, StatutoryOverride)
+    saved = await configure(
+        _service(request).runner, await rq.command_context(request),
+        lambda settings: settings.override_statutory(cmd.effective_from, cmd.source, cmd.changes),
+    )
+    return accepted(saved)
+
+
 ROUTES = [
     Route(BASE, get_settings, methods=["GET"]),
     Route(BASE + "/stages", configure_stages, methods=["POST"]),
     Route(BASE + "/approvals", configure_approvals, methods=["POST"]),
     Route(BASE + "/tolerances", configure_tolerances, methods=["POST"]),
+    Route(BASE + "/statutory-overrides", override_statutory, methods=["POST"]),
 ]

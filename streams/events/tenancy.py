@@ -43,6 +43,13 @@ class TolerancesConfigured(msgspec.Struct, frozen=True, kw_only=True):
     over_consumption_percent: Decimal
 
 
+class StatutoryOverridden(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_settings_id: UUID
+    effective_from: str
+    source: str
+    changes: dict[str, Decimal]
+
+
 class SeriesStarted(msgspec.Struct, frozen=True, kw_only=True):
     series_id: UUID
     prefix: str
@@ -72,6 +79,11 @@ PUBLICATIONS: dict[type, Publication] = {
             tenant_settings_id=e.originator_id, over_receipt_percent=e.over_receipt_percent,
             over_production_percent=e.over_production_percent,
             over_consumption_percent=e.over_consumption_percent)),
+    domain_event(TenantSettings, "StatutoryOverridden"): Publication(
+        "erp.tenant_settings.statutory_overridden", StatutoryOverridden, "tenant_settings",
+        lambda e: StatutoryOverridden(tenant_settings_id=e.originator_id,
+                                      effective_from=e.effective_from, source=e.source,
+                                      changes=e.changes)),
     domain_event(DocumentSeries, "Started"): Publication(
         "erp.document_series.started", SeriesStarted, "document_series",
         lambda e: SeriesStarted(series_id=e.originator_id, prefix=e.prefix, year=e.year)),

@@ -1,0 +1,60 @@
+"""A tenant's business settings: defaults, validation, and payroll rate overrides."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from aggregates.errors import InvalidValue
+from aggregates.statutory import payslip, rules_for
+from aggregates.tenant_settings import InvalidStatutoryOverride, Stage, TenantSettings
+
+
+def test_a_tenant_starts_with_the_defaults() -> None:
+    settings = TenantSettings(tenant_id="acme")
+    assert settings.id == TenantSettings.id_for("acme")
+    assert [s.name for s in settings.stages][:2] == ["qualification", "needs_analysis"]
+    assert settings.approval_chain.roles_for(Decimal(150_000)) == ["approver", "finance"]
+    assert settings.over_receipt_percent == 0
+
+
+@pytest.mark.parametrize("stages", [[], [Stage("a", 1), Stage("a", 2)], [Stage("lost", 0)],
+                                    [Stage("x", 101)]])
+def test_bad_stages_are_refused(stages: list[Stage]) -> None:
+    with pytest.raises(InvalidValue):
+        TenantSettings(tenant_id="acme").configure_stages(stages)
+
+
+def test_tolerances_are_percentages() -> None:
+    with pytest.raises(InvalidValue):
+        TenantSettings(tenant_id="acme").configure_tolerances(
+            over_receipt_percent=Decimal(120), over_production_percent=Decimal(0),
+            over_consumption_percent=Decimal(0))
+
+
+def test_a_rate_override_applies_from_its_month_only() -> None:
+    settings = TenantSettings(tenant_id="acme")
+    settings.override_statutory("2026-03", "board decision 12", {"shif_minimum": Decimal(500)})
+    overrides = settings.statutory_overrides
+    before = payslip(Decimal(5000), [], "primary", rules_for("2026-02", overrides=overrides))
+    after = payslip(Decimal(5000), [], "primary", rules_for("2026-03", overrides=overrides))
+    assert (before.shif, after.shif) == (Decimal("300.00"), Decimal("500.00"))
+    with pytest.raises(InvalidStatutoryOverride):
+        settings.override_statutory("2026-04", "x", {"paye_bands": Decimal(1)})
+
+
+async def test_overrides_are_set_and_shown_through_the_api(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/v1/settings/statutory-overrides", json={
+        "effective_from": "2026-05", "source": "collective agreement",
+        "changes": {"housing_levy_employer_rate": 0.02}})
+    assert response.status_code == 200, response.text
+    shown = (await client.get("/api/v1/settings")).json()
+    assert shown["statutory_overrides"] == [{"effective_from": "2026-05",
+                                             "source": "collective agreement",
+                                             "changes": {"housing_levy_employer_rate": 0.02}}]
+    assert shown["version"] == 2
+    bad = await client.post("/api/v1/settings/statutory-overrides", json={
+        "effective_from": "2026-13", "source": "x", "changes": {"shif_rate": 0.03}})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.effective_from"
