@@ -76,11 +76,8 @@ class ReadModelPositions:
         if self.position(projection) >= position:
             return
         try:
-            async with self._changed:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self.position(projection) >= position),
-                    timeout,
-                )
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: self.position(projection) >= position)
         except TimeoutError:
             # The listener may have missed a NOTIFY while reconnecting: ask once.
             async with await psycopg.AsyncConnection.connect(

@@ -134,7 +134,10 @@ class ProjectorRunner:
         try:
             while True:
                 try:
-                    first = await asyncio.wait_for(arrived.get(), self._idle_check)
+                    # Not wait_for: on 3.11 it can swallow a cancellation when a message
+                    # arrives at the same moment (CPython gh-86296), and stopping would hang.
+                    async with asyncio.timeout(self._idle_check):
+                        first = await arrived.get()
                 except TimeoutError:
                     await self._check_not_stalled()
                     continue

@@ -33,7 +33,8 @@ def lock_key(role: str) -> int:
 async def _watch(conn: psycopg.AsyncConnection[object]) -> None:
     while True:
         await asyncio.sleep(PING_SECONDS)
-        await asyncio.wait_for(conn.execute("SELECT 1"), PING_SECONDS * 3)
+        async with asyncio.timeout(PING_SECONDS * 3):
+            await conn.execute("SELECT 1")
 
 
 async def lead(

@@ -56,7 +56,8 @@ class PipelinedPublisher:
         `max_pending` publishes are unanswered, and refuses after `room_timeout`: replies
         lost in a disconnect never come, and waiting for them for ever would stall."""
         try:
-            await asyncio.wait_for(self._room.acquire(), self._room_timeout)
+            async with asyncio.timeout(self._room_timeout):
+                await self._room.acquire()
         except TimeoutError:
             raise PublishRefused(0, f"{len(self._pending)} publishes unanswered for "
                                     f"{self._room_timeout:g} s") from None
