@@ -8,13 +8,14 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from api import crm, health, settings
+from api import crm, health, hrm, manufacturing, procurement, settings
 from api.middleware import RequestContext
 from api.openapi import document
 from api.problems import EXCEPTION_HANDLERS
 from erp.bootstrap import Service
 
-ROUTES = [*health.ROUTES, *settings.ROUTES, *crm.ROUTES]
+ROUTES = [*health.ROUTES, *settings.ROUTES, *crm.ROUTES, *manufacturing.ROUTES, *hrm.ROUTES,
+          *procurement.ROUTES]
 
 
 def create_app(service: Service) -> Starlette:

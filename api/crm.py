@@ -12,12 +12,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api import reads
 from api import requests as rq
 from api.openapi import operation
 from api.problems import BadRequest
+from api.reads import PageQuery, ReadQuery
 from api.requests import IDEMPOTENCY, IF_MATCH, CommandAccepted, accepted
 from api.responses import JSON
-from erp.bootstrap import Service
 from erp.commands import NotFound
 from erp.commands import crm as commands
 
@@ -72,21 +73,11 @@ class ReopenOpportunity(Body):
     reason: str = Field(min_length=1, max_length=500)
 
 
-class ReadQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    min_position: int | None = Field(
-        default=None, ge=0, description="wait until the read model has applied this log position"
-    )
-    timeout: float = Field(default=2.0, gt=0, le=30, description="seconds to wait at most")
-
-
-class ListQuery(ReadQuery):
+class ListQuery(PageQuery):
     stage: str | None = None
     owner: str | None = None
     customer_id: str | None = None
     status: Literal["open", "won", "lost"] | None = None
-    limit: int = Field(default=50, ge=1, le=200)
-    cursor: str | None = Field(default=None, description="next_cursor of the previous page")
 
 
 class StageStep(BaseModel):
@@ -159,26 +150,6 @@ _COLUMNS = ", ".join(OpportunityView.model_fields)
 _HISTORY_COLUMNS = ", ".join(StageStep.model_fields)
 
 
-def _service(request: Request) -> Service:
-    service: Service = request.app.state.service
-    return service
-
-
-async def _caught_up(request: Request, params: ReadQuery) -> int:
-    service = _service(request)
-    if params.min_position is not None:
-        timeout = min(params.timeout, service.settings.read_wait_max_seconds)
-        await service.positions.wait(PROJECTION, params.min_position, timeout)
-    return service.positions.position(PROJECTION)
-
-
-async def _rows(request: Request, sql: str, args: Any) -> list[dict[str, Any]]:
-    async with _service(request).read_pool.connection() as conn:
-        cur = await conn.execute(sql, args)
-        names = [column.name for column in cur.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
-
-
 def _opportunity_id(request: Request) -> UUID:
     opportunity_id: UUID = request.path_params["opportunity_id"]
     return opportunity_id
@@ -189,7 +160,7 @@ def _opportunity_id(request: Request) -> UUID:
 async def open_opportunity(request: Request) -> Response:
     cmd = await rq.body(request, OpenOpportunity)
     saved = await commands.open_opportunity(
-        _service(request).runner, await rq.command_context(request),
+        reads.service(request).runner, await rq.command_context(request),
         customer_id=cmd.customer_id, title=cmd.title, owner=cmd.owner, stage=cmd.stage,
         probability=cmd.probability, amount=cmd.amount, currency=cmd.currency,
         expected_close=cmd.expected_close.isoformat() if cmd.expected_close else None,
@@ -203,7 +174,7 @@ async def open_opportunity(request: Request) -> Response:
 async def update(request: Request) -> Response:
     cmd = await rq.body(request, UpdateOpportunity)
     saved = await commands.update_opportunity(
-        _service(request).runner, await rq.command_context(request), _opportunity_id(request),
+        reads.service(request).runner, await rq.command_context(request), _opportunity_id(request),
         title=cmd.title, owner=cmd.owner, amount=cmd.amount, probability=cmd.probability,
         expected_close=cmd.expected_close.isoformat() if cmd.expected_close else None,
     )
@@ -215,7 +186,7 @@ async def update(request: Request) -> Response:
 async def change_stage(request: Request) -> Response:
     cmd = await rq.body(request, ChangeStage)
     saved = await commands.change_stage(
-        _service(request).runner, await rq.command_context(request), _opportunity_id(request),
+        reads.service(request).runner, await rq.command_context(request), _opportunity_id(request),
         cmd.stage, cmd.probability,
     )
     return accepted(saved)
@@ -225,7 +196,7 @@ async def change_stage(request: Request) -> Response:
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def win(request: Request) -> Response:
     cmd = await rq.body(request, WinOpportunity)
-    saved = await commands.win(_service(request).runner, await rq.command_context(request),
+    saved = await commands.win(reads.service(request).runner, await rq.command_context(request),
                                _opportunity_id(request), cmd.amount)
     return accepted(saved)
 
@@ -234,7 +205,7 @@ async def win(request: Request) -> Response:
            errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def lose(request: Request) -> Response:
     cmd = await rq.body(request, LoseOpportunity)
-    saved = await commands.lose(_service(request).runner, await rq.command_context(request),
+    saved = await commands.lose(reads.service(request).runner, await rq.command_context(request),
                                 _opportunity_id(request), cmd.reason, cmd.competitor)
     return accepted(saved)
 
@@ -243,7 +214,7 @@ async def lose(request: Request) -> Response:
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def reopen(request: Request) -> Response:
     cmd = await rq.body(request, ReopenOpportunity)
-    saved = await commands.reopen(_service(request).runner, await rq.command_context(request),
+    saved = await commands.reopen(reads.service(request).runner, await rq.command_context(request),
                                   _opportunity_id(request), cmd.reason)
     return accepted(saved)
 
@@ -252,7 +223,7 @@ async def reopen(request: Request) -> Response:
            errors=(400, 422, 503))
 async def list_opportunities(request: Request) -> Response:
     params = rq.query(request, ListQuery)
-    position = await _caught_up(request, params)
+    position = await reads.caught_up(request, PROJECTION, params)
     where = ["tenant_id = %s"]
     args: list[Any] = [rq.tenant(request)]
     for column in ("stage", "owner", "customer_id", "status"):
@@ -266,7 +237,7 @@ async def list_opportunities(request: Request) -> Response:
                              field="query.cursor")
         where.append("opened_position < %s")
         args.append(int(params.cursor))
-    rows = await _rows(
+    rows = await reads.rows(
         request,
         f"SELECT {_COLUMNS}, opened_position FROM opportunities WHERE {' AND '.join(where)} "
         "ORDER BY opened_position DESC LIMIT %s",
@@ -284,15 +255,15 @@ async def list_opportunities(request: Request) -> Response:
 @operation(summary="One opportunity with its stage history", query=ReadQuery,
            response=OpportunityDetail, errors=(400, 404, 422, 503))
 async def get_opportunity(request: Request) -> Response:
-    await _caught_up(request, rq.query(request, ReadQuery))
+    await reads.caught_up(request, PROJECTION, rq.query(request, ReadQuery))
     opportunity_id, tenant = _opportunity_id(request), rq.tenant(request)
-    found = await _rows(
+    found = await reads.rows(
         request, f"SELECT {_COLUMNS} FROM opportunities WHERE opportunity_id = %s AND tenant_id = %s",
         (opportunity_id, tenant),
     )
     if not found:
         raise NotFound("opportunity", opportunity_id)
-    history = await _rows(
+    history = await reads.rows(
         request,
         f"SELECT {_HISTORY_COLUMNS} FROM opportunity_stage_history "
         "WHERE opportunity_id = %s AND tenant_id = %s ORDER BY version",
@@ -305,8 +276,8 @@ async def get_opportunity(request: Request) -> Response:
 @operation(summary="Open pipeline per stage: count, total and probability-weighted amount",
            query=ReadQuery, response=Pipeline, errors=(400, 422, 503))
 async def pipeline(request: Request) -> Response:
-    position = await _caught_up(request, rq.query(request, ReadQuery))
-    rows = await _rows(
+    position = await reads.caught_up(request, PROJECTION, rq.query(request, ReadQuery))
+    rows = await reads.rows(
         request,
         "SELECT stage, currency, count(*) AS count, coalesce(sum(amount), 0) AS total, "
         "round(coalesce(sum(amount * probability / 100.0), 0), 2) AS weighted "
@@ -320,8 +291,8 @@ async def pipeline(request: Request) -> Response:
 @operation(summary="Forecast of open opportunities by expected-close month",
            query=ReadQuery, response=Forecast, errors=(400, 422, 503))
 async def forecast(request: Request) -> Response:
-    position = await _caught_up(request, rq.query(request, ReadQuery))
-    rows = await _rows(
+    position = await reads.caught_up(request, PROJECTION, rq.query(request, ReadQuery))
+    rows = await reads.rows(
         request,
         "SELECT to_char(expected_close, 'YYYY-MM') AS month, currency, count(*) AS count, "
         "coalesce(sum(amount), 0) AS total, "

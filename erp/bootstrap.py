@@ -21,17 +21,21 @@ from erp.eventstore import ErpEventStore, GroupCommitter, close_store, store_for
 from erp.settings import Settings
 from projections.base import Projection
 from projections.opportunities import OpportunitiesProjection
+from projections.payroll import PayrollProjection
 from projections.positions import ReadModelPositions
+from projections.purchase_orders import PurchaseOrdersProjection
 from projections.runner import ProjectorRunner, ensure_schema
+from projections.work_orders import BomsProjection, WorkOrdersProjection
 from streams.jetstream import connect, ensure_stream
-from streams.leadership import lead
+from streams.leadership import lead, stop_tasks
 from streams.relay import Relay
 
 log = structlog.get_logger("erp")
 
 
 def all_projections() -> list[Projection]:
-    return [OpportunitiesProjection()]
+    return [OpportunitiesProjection(), BomsProjection(), WorkOrdersProjection(), PayrollProjection(),
+            PurchaseOrdersProjection()]
 
 
 @dataclass(frozen=True)
@@ -124,9 +128,7 @@ class Service:
         self._tasks.append(task)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)
         with contextlib.suppress(Exception):
             await self.nc.drain()
         await self.read_pool.close()

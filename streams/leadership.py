@@ -83,6 +83,16 @@ async def _race(*coroutines: Awaitable[None]) -> None:
         for task in done:
             task.result()
     finally:
-        for task in tasks:
+        await stop_tasks(tasks)
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancels the tasks and waits until they have ended, cancelling again while any runs:
+    on Python 3.11 an `asyncio.wait_for` inside a library (nats-py's requests) can swallow
+    a cancellation that coincides with its answer (CPython gh-86296)."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    await asyncio.gather(*tasks, return_exceptions=True)

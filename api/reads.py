@@ -1,0 +1,44 @@
+"""What every query route shares: the service, waiting for a read model, fetching rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+
+from erp.bootstrap import Service
+
+
+class ReadQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_position: int | None = Field(
+        default=None, ge=0, description="wait until the read model has applied this log position"
+    )
+    timeout: float = Field(default=2.0, gt=0, le=30, description="seconds to wait at most")
+
+
+class PageQuery(ReadQuery):
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = Field(default=None, description="next_cursor of the previous page")
+
+
+def service(request: Request) -> Service:
+    running: Service = request.app.state.service
+    return running
+
+
+async def caught_up(request: Request, projection: str, params: ReadQuery) -> int:
+    """Waits (bounded) until `projection` has applied `params.min_position`; answers its position."""
+    running = service(request)
+    if params.min_position is not None:
+        timeout = min(params.timeout, running.settings.read_wait_max_seconds)
+        await running.positions.wait(projection, params.min_position, timeout)
+    return running.positions.position(projection)
+
+
+async def rows(request: Request, sql: str, args: Any) -> list[dict[str, Any]]:
+    async with service(request).read_pool.connection() as conn:
+        cur = await conn.execute(sql, args)
+        names = [column.name for column in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]

@@ -1,0 +1,238 @@
+"""Purchase orders read models: the orders (status, totals, approvals so far), their lines
+with ordered, accepted and rejected quantities, and the goods receipts line by line.
+A vendor's open commitments are a query over the orders and lines (see api/procurement.py).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from psycopg import AsyncCursor
+
+from projections.base import Delivered
+from streams.events import procurement as p
+
+DDL = """
+CREATE TABLE IF NOT EXISTS purchase_orders (
+    purchase_order_id uuid PRIMARY KEY,
+    tenant_id text NOT NULL,
+    number text NOT NULL,
+    vendor_id text NOT NULL,
+    currency text NOT NULL,
+    status text NOT NULL,
+    requested_by text NOT NULL,
+    required_by date,
+    ordered_on date NOT NULL,
+    line_count integer NOT NULL,
+    net_amount numeric(18, 2) NOT NULL,
+    tax_amount numeric(18, 2) NOT NULL,
+    total_amount numeric(18, 2) NOT NULL,
+    exchange_rate_to_kes numeric,
+    amount_kes numeric(18, 2),
+    required_roles text[] NOT NULL DEFAULT '{}',
+    approvals jsonb NOT NULL DEFAULT '[]',
+    rejection_reason text,
+    cancel_reason text,
+    close_reason text,
+    short_closed boolean NOT NULL DEFAULT false,
+    version integer NOT NULL,
+    created_position bigint NOT NULL,
+    log_position bigint NOT NULL,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS purchase_orders_tenant_created
+    ON purchase_orders (tenant_id, created_position DESC);
+CREATE INDEX IF NOT EXISTS purchase_orders_tenant_status ON purchase_orders (tenant_id, status);
+CREATE INDEX IF NOT EXISTS purchase_orders_tenant_vendor
+    ON purchase_orders (tenant_id, vendor_id, status);
+CREATE INDEX IF NOT EXISTS purchase_orders_tenant_number ON purchase_orders (tenant_id, number);
+CREATE TABLE IF NOT EXISTS purchase_order_lines (
+    purchase_order_id uuid NOT NULL,
+    line_no integer NOT NULL,
+    tenant_id text NOT NULL,
+    item_id text NOT NULL,
+    description text NOT NULL,
+    quantity numeric NOT NULL,
+    unit text NOT NULL,
+    unit_price numeric NOT NULL,
+    tax_code text,
+    tax_rate numeric NOT NULL,
+    net_amount numeric(18, 2) NOT NULL,
+    tax_amount numeric(18, 2) NOT NULL,
+    total_amount numeric(18, 2) NOT NULL,
+    accepted_quantity numeric NOT NULL DEFAULT 0,
+    rejected_quantity numeric NOT NULL DEFAULT 0,
+    PRIMARY KEY (purchase_order_id, line_no)
+);
+CREATE TABLE IF NOT EXISTS purchase_order_receipts (
+    purchase_order_id uuid NOT NULL,
+    receipt_id text NOT NULL,
+    line_no integer NOT NULL,
+    tenant_id text NOT NULL,
+    received_on date NOT NULL,
+    item_id text NOT NULL,
+    unit text NOT NULL,
+    accepted_quantity numeric NOT NULL,
+    rejected_quantity numeric NOT NULL,
+    version integer NOT NULL,
+    recorded_at timestamptz NOT NULL,
+    PRIMARY KEY (purchase_order_id, receipt_id, line_no)
+);
+"""
+
+# The order's row changes only on top of the version before it, so a replayed event is a
+# no-op. Lines and receipts change first, and only while the order is still at the
+# version they build on (`base`), so they too change once.
+_NEXT = "version = %(v)s, log_position = %(pos)s, updated_at = %(at)s"
+_WHERE = "WHERE purchase_order_id = %(id)s AND version = %(v)s - 1"
+_AT_BASE = "EXISTS (SELECT 1 FROM purchase_orders WHERE purchase_order_id = %(id)s AND version = %(base)s)"
+
+_CREATED = """
+INSERT INTO purchase_orders (purchase_order_id, tenant_id, number, vendor_id, currency, status,
+    requested_by, required_by, ordered_on, line_count, net_amount, tax_amount, total_amount,
+    version, created_position, log_position, created_at, updated_at)
+VALUES (%(id)s, %(tenant)s, %(number)s, %(vendor_id)s, %(currency)s, 'draft', %(requested_by)s,
+    %(required_by)s::date, %(ordered_on)s::date, %(line_count)s, %(net)s, %(tax)s, %(total)s,
+    %(v)s, %(pos)s, %(pos)s, %(at)s, %(at)s)
+ON CONFLICT (purchase_order_id) DO NOTHING
+"""
+_DROP_LINES = f"DELETE FROM purchase_order_lines WHERE purchase_order_id = %(id)s AND {_AT_BASE}"
+_PUT_LINE = f"""
+INSERT INTO purchase_order_lines (purchase_order_id, line_no, tenant_id, item_id, description,
+    quantity, unit, unit_price, tax_code, tax_rate, net_amount, tax_amount, total_amount)
+SELECT %(id)s, %(line_no)s, %(tenant)s, %(item_id)s::text, %(description)s::text, %(quantity)s,
+    %(unit)s::text, %(unit_price)s, %(tax_code)s::text, %(tax_rate)s, %(net_amount)s,
+    %(tax_amount)s, %(total_amount)s
+WHERE {_AT_BASE}
+ON CONFLICT (purchase_order_id, line_no) DO NOTHING
+"""
+_LINES_CHANGED = f"""
+UPDATE purchase_orders SET line_count = %(line_count)s, net_amount = %(net)s, tax_amount = %(tax)s,
+    total_amount = %(total)s, {_NEXT} {_WHERE}
+"""
+_SUBMITTED = f"""
+UPDATE purchase_orders SET status = 'submitted', required_roles = %(roles)s, approvals = '[]',
+    exchange_rate_to_kes = %(rate)s, amount_kes = %(amount_kes)s, rejection_reason = NULL, {_NEXT}
+    {_WHERE}
+"""
+_APPROVED = f"""
+UPDATE purchase_orders SET approvals = approvals || jsonb_build_array(jsonb_build_object(
+        'role', %(role)s::text, 'approver_id', %(approver_id)s::text,
+        'approved_at', %(at)s::timestamptz)),
+    status = CASE WHEN %(fully)s THEN 'approved' ELSE status END, {_NEXT} {_WHERE}
+"""
+_REJECTED = f"""
+UPDATE purchase_orders SET status = 'draft', rejection_reason = %(reason)s, approvals = '[]',
+    required_roles = '{{}}', exchange_rate_to_kes = NULL, amount_kes = NULL, {_NEXT} {_WHERE}
+"""
+_RECEIPT_LINE = f"""
+INSERT INTO purchase_order_receipts (purchase_order_id, receipt_id, line_no, tenant_id,
+    received_on, item_id, unit, accepted_quantity, rejected_quantity, version, recorded_at)
+SELECT %(id)s, %(receipt_id)s::text, %(line_no)s, %(tenant)s, %(received_on)s::date,
+    %(item_id)s::text, %(unit)s::text, %(accepted)s, %(rejected)s, %(v)s, %(at)s
+WHERE {_AT_BASE}
+ON CONFLICT DO NOTHING
+"""
+_LINE_RECEIVED = f"""
+UPDATE purchase_order_lines SET accepted_quantity = accepted_quantity + %(accepted)s,
+    rejected_quantity = rejected_quantity + %(rejected)s
+WHERE purchase_order_id = %(id)s AND line_no = %(line_no)s AND {_AT_BASE}
+"""
+_GOODS_RECEIVED = f"UPDATE purchase_orders SET status = 'partially_received', {_NEXT} {_WHERE}"
+_RECEIVED = f"UPDATE purchase_orders SET status = 'received', {_NEXT} {_WHERE}"
+_CANCELLED = f"""
+UPDATE purchase_orders SET status = 'cancelled', cancel_reason = %(reason)s, {_NEXT} {_WHERE}
+"""
+_CLOSED = f"""
+UPDATE purchase_orders SET status = 'closed', close_reason = %(reason)s,
+    short_closed = %(short_closed)s, {_NEXT} {_WHERE}
+"""
+
+
+def _totals(lines: list[p.PurchaseOrderLine]) -> dict[str, Any]:
+    return {
+        "line_count": len(lines),
+        "net": sum((line.net_amount for line in lines), Decimal(0)),
+        "tax": sum((line.tax_amount for line in lines), Decimal(0)),
+    }
+
+
+class PurchaseOrdersProjection:
+    name = "purchase_orders"
+    ddl = DDL
+    _reads: dict[str, type[Any]] = {
+        "erp.purchase_order.created": p.PurchaseOrderCreated,
+        "erp.purchase_order.lines_changed": p.PurchaseOrderLinesChanged,
+        "erp.purchase_order.submitted": p.PurchaseOrderSubmitted,
+        "erp.purchase_order.approved": p.PurchaseOrderApproved,
+        "erp.purchase_order.rejected": p.PurchaseOrderRejected,
+        "erp.purchase_order.goods_received": p.PurchaseOrderGoodsReceived,
+        "erp.purchase_order.received": p.PurchaseOrderReceived,
+        "erp.purchase_order.cancelled": p.PurchaseOrderCancelled,
+        "erp.purchase_order.closed": p.PurchaseOrderClosed,
+    }
+
+    def reads(self, subject: str) -> type[Any] | None:
+        return self._reads.get(subject)
+
+    async def apply(self, cur: AsyncCursor[Any], event: Delivered) -> None:
+        assert event.envelope is not None
+        data: Any = event.envelope.data
+        tenant, at = event.envelope.tenant_id, event.envelope.timestamp
+        v = event.aggregate_version
+        step = {"id": data.purchase_order_id, "v": v, "pos": event.log_position, "at": at}
+
+        async def put_lines(lines: list[p.PurchaseOrderLine], base: int) -> None:
+            if lines:
+                await cur.executemany(_PUT_LINE, [
+                    {"id": data.purchase_order_id, "tenant": tenant, "base": base,
+                     **{field: getattr(line, field) for field in line.__struct_fields__}}
+                    for line in lines
+                ])
+
+        match data:
+            case p.PurchaseOrderCreated():
+                await cur.execute(_CREATED, {
+                    **step, **_totals(data.lines), "tenant": tenant, "number": data.number,
+                    "vendor_id": data.vendor_id, "currency": data.currency,
+                    "requested_by": data.requested_by, "required_by": data.required_by,
+                    "ordered_on": data.ordered_on, "total": data.total_amount,
+                })
+                await put_lines(data.lines, v)
+            case p.PurchaseOrderLinesChanged():
+                # The event carries the whole set of lines after the change: replace them.
+                await cur.execute(_DROP_LINES, {"id": data.purchase_order_id, "base": v - 1})
+                await put_lines(data.lines, v - 1)
+                await cur.execute(_LINES_CHANGED, {**step, **_totals(data.lines),
+                                                   "total": data.total_amount})
+            case p.PurchaseOrderSubmitted():
+                await cur.execute(_SUBMITTED, {**step, "roles": list(data.required_roles),
+                                               "rate": data.exchange_rate_to_kes,
+                                               "amount_kes": data.amount_kes})
+            case p.PurchaseOrderApproved():
+                await cur.execute(_APPROVED, {**step, "role": data.role,
+                                              "approver_id": data.approver_id,
+                                              "fully": data.fully_approved})
+            case p.PurchaseOrderRejected():
+                await cur.execute(_REJECTED, {**step, "reason": data.reason})
+            case p.PurchaseOrderGoodsReceived():
+                for line in data.lines:
+                    received = {**step, "base": v - 1, "line_no": line.line_no,
+                                "accepted": line.accepted_quantity,
+                                "rejected": line.rejected_quantity}
+                    await cur.execute(_RECEIPT_LINE, {
+                        **received, "tenant": tenant, "receipt_id": data.receipt_id,
+                        "received_on": data.received_on, "item_id": line.item_id,
+                        "unit": line.unit,
+                    })
+                    await cur.execute(_LINE_RECEIVED, received)
+                await cur.execute(_GOODS_RECEIVED, step)
+            case p.PurchaseOrderReceived():
+                await cur.execute(_RECEIVED, step)
+            case p.PurchaseOrderCancelled():
+                await cur.execute(_CANCELLED, {**step, "reason": data.reason})
+            case p.PurchaseOrderClosed():
+                await cur.execute(_CLOSED, {**step, "reason": data.reason,
+                                            "short_closed": data.short_closed})
