@@ -35,6 +35,9 @@ def serve(host: str, port: int, workers_only: bool) -> None:
 
         from api.app import create_app
 
+        # uvicorn re-raises SIGTERM after its graceful shutdown; as an exception it lets the
+        # embedded servers stop too, where the default action would kill us first.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
         app = create_app(Service(settings, endpoints))
         log.info("serving", url=f"http://{host}:{port}", openapi=f"http://{host}:{port}/openapi.json")
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
@@ -55,6 +58,10 @@ def project() -> None:
     logs.configure(settings.log_level, json=settings.log_json)
     with servers(settings) as endpoints:
         _run_until_signal(settings, endpoints)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _run_until_signal(settings: Settings, endpoints: Endpoints) -> None:

@@ -44,6 +44,22 @@ def _wait_for(ready: object, what: str, timeout: float, process: subprocess.Pope
     raise TimeoutError(f"{what} did not become ready within {timeout:.0f} s")
 
 
+def _stop_pid_from(pid_file: Path, sig: int = signal.SIGTERM) -> None:
+    """Stops the process whose pid the file names, if it still runs, and waits for it."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, sig)
+    except (OSError, ValueError, IndexError):
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
 class _Server(abc.ABC):
     process: subprocess.Popen[bytes] | None = None
 
@@ -129,21 +145,7 @@ class EmbeddedPostgres(_Server):
 
     def _stop_orphan(self) -> None:
         """A server left running by a process that was killed holds the data folder."""
-        pid_file = self.pgdata / "postmaster.pid"
-        if not pid_file.exists():
-            return
-        try:
-            pid = int(pid_file.read_text().split()[0])
-            os.kill(pid, signal.SIGINT)
-        except (ValueError, IndexError, ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+        _stop_pid_from(self.pgdata / "postmaster.pid", signal.SIGINT)
 
     def start(self) -> str:
         self._prepare()
@@ -199,10 +201,13 @@ class EmbeddedNats(_Server):
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        pid_file = self.data_dir / "nats-server.pid"
+        _stop_pid_from(pid_file)  # one left by a killed run must not share our store
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [self.binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
-             "-sd", str(self.data_dir / "jetstream"), "-n", f"erp-embedded-{self.port}"],
+             "-sd", str(self.data_dir / "jetstream"), "-n", f"erp-embedded-{self.port}",
+             "-P", str(pid_file)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
