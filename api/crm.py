@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,7 +15,6 @@ from starlette.routing import Route
 from api import reads
 from api import requests as rq
 from api.openapi import operation
-from api.problems import BadRequest
 from api.reads import PageQuery, ReadQuery
 from api.requests import IDEMPOTENCY, IF_MATCH, CommandAccepted, accepted
 from api.responses import JSON
@@ -224,30 +223,12 @@ async def reopen(request: Request) -> Response:
 async def list_opportunities(request: Request) -> Response:
     params = rq.query(request, ListQuery)
     position = await reads.caught_up(request, PROJECTION, params)
-    where = ["tenant_id = %s"]
-    args: list[Any] = [rq.tenant(request)]
-    for column in ("stage", "owner", "customer_id", "status"):
-        value = getattr(params, column)
-        if value is not None:
-            where.append(f"{column} = %s")
-            args.append(value)
-    if params.cursor is not None:
-        if not params.cursor.isdigit():
-            raise BadRequest("cursor must be a next_cursor from a previous page",
-                             field="query.cursor")
-        where.append("opened_position < %s")
-        args.append(int(params.cursor))
-    rows = await reads.rows(
-        request,
-        f"SELECT {_COLUMNS}, opened_position FROM opportunities WHERE {' AND '.join(where)} "
-        "ORDER BY opened_position DESC LIMIT %s",
-        [*args, params.limit + 1],
-    )
-    more = len(rows) > params.limit
-    rows = rows[: params.limit]
+    where, args = reads.filters(request, params, ("stage", "owner", "customer_id", "status"))
+    rows, cursor = await reads.page(request, params, table="opportunities", columns=_COLUMNS,
+                                    where=where, args=args, order_by="opened_position")
     return JSON({
         "items": [{k: r[k] for k in OpportunityView.model_fields} for r in rows],
-        "next_cursor": str(rows[-1]["opened_position"]) if more else None,
+        "next_cursor": cursor,
         "log_position": position,
     })
 

@@ -301,9 +301,13 @@ async def _rows(request: Request, sql: str, args: Any) -> list[dict[str, Any]]:
     """Rows of the read model, allowances decoded with Decimal amounts."""
     found = await reads.rows(request, sql, args)
     for row in found:
-        if "allowances" in row:
-            row["allowances"] = allowances(row["allowances"])
+        decode_allowances(row)
     return found
+
+
+def decode_allowances(row: dict[str, Any]) -> None:
+    if "allowances" in row:
+        row["allowances"] = allowances(row["allowances"])
 
 
 def _roster(service: Service) -> EmployeeRoster:
@@ -318,14 +322,6 @@ def _columns(model: type[BaseModel], prefix: str = "") -> str:
     """A view's columns; jsonb allowances as text, so amounts decode as Decimal."""
     return ", ".join(f"{prefix}allowances::text AS allowances" if name == "allowances"
                      else f"{prefix}{name}" for name in model.model_fields)
-
-
-def _position_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    if not cursor.isdigit():
-        raise BadRequest("cursor must be a next_cursor from a previous page", field="query.cursor")
-    return int(cursor)
 
 
 async def _no_body(request: Request) -> None:
@@ -391,28 +387,14 @@ async def terminate(request: Request) -> Response:
 async def list_employees(request: Request) -> Response:
     params = rq.query(request, EmployeeListQuery)
     position = await _caught_up(request, params)
-    where = ["tenant_id = %s"]
-    args: list[Any] = [rq.tenant(request)]
-    for column in ("status", "employment", "employee_number"):
-        value = getattr(params, column)
-        if value is not None:
-            where.append(f"{column} = %s")
-            args.append(value)
-    before = _position_cursor(params.cursor)
-    if before is not None:
-        where.append("hired_position < %s")
-        args.append(before)
-    rows = await _rows(
-        request,
-        f"SELECT {_columns(EmployeeView)}, hired_position FROM employees "
-        f"WHERE {' AND '.join(where)} ORDER BY hired_position DESC LIMIT %s",
-        [*args, params.limit + 1],
-    )
-    more = len(rows) > params.limit
-    rows = rows[: params.limit]
+    where, args = reads.filters(request, params, ("status", "employment", "employee_number"))
+    rows, cursor = await reads.page(request, params, table="employees", columns=_columns(EmployeeView),
+                                    where=where, args=args, order_by="hired_position")
+    for row in rows:
+        decode_allowances(row)
     return JSON({
         "items": [{k: r[k] for k in EmployeeView.model_fields} for r in rows],
-        "next_cursor": str(rows[-1]["hired_position"]) if more else None,
+        "next_cursor": cursor,
         "log_position": position,
     })
 
@@ -544,28 +526,14 @@ async def cancel(request: Request) -> Response:
 async def list_runs(request: Request) -> Response:
     params = rq.query(request, RunListQuery)
     position = await _caught_up(request, params)
-    where = ["tenant_id = %s"]
-    args: list[Any] = [rq.tenant(request)]
-    for column in ("period", "status"):
-        value = getattr(params, column)
-        if value is not None:
-            where.append(f"{column} = %s")
-            args.append(value)
-    before = _position_cursor(params.cursor)
-    if before is not None:
-        where.append("created_position < %s")
-        args.append(before)
-    rows = await _rows(
-        request,
-        f"SELECT {_columns(PayrollRunView)}, created_position FROM payroll_runs "
-        f"WHERE {' AND '.join(where)} ORDER BY created_position DESC LIMIT %s",
-        [*args, params.limit + 1],
-    )
-    more = len(rows) > params.limit
-    rows = rows[: params.limit]
+    where, args = reads.filters(request, params, ("period", "status"))
+    rows, cursor = await reads.page(request, params, table="payroll_runs", columns=_columns(PayrollRunView),
+                                    where=where, args=args)
+    for row in rows:
+        decode_allowances(row)
     return JSON({
         "items": [{k: r[k] for k in PayrollRunView.model_fields} for r in rows],
-        "next_cursor": str(rows[-1]["created_position"]) if more else None,
+        "next_cursor": cursor,
         "log_position": position,
     })
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import quote
 from uuid import UUID
 
@@ -17,7 +17,7 @@ from aggregates.bom import BillOfMaterials
 from api import reads
 from api import requests as rq
 from api.openapi import operation
-from api.problems import BadRequest, InvalidRequest
+from api.problems import InvalidRequest
 from api.reads import PageQuery, ReadQuery
 from api.requests import IDEMPOTENCY, IF_MATCH, CommandAccepted, accepted
 from api.responses import JSON
@@ -205,25 +205,6 @@ _BOM_COLUMNS = ", ".join(BomView.model_fields)
 _WORK_ORDER_COLUMNS = ", ".join(WorkOrderView.model_fields)
 
 
-async def _page(request: Request, table: str, columns: str, where: list[str], args: list[Any],
-                params: PageQuery) -> tuple[list[dict[str, Any]], str | None]:
-    """Newest first, by the position of the event that created each row."""
-    if params.cursor is not None:
-        if not params.cursor.isdigit():
-            raise BadRequest("cursor must be a next_cursor from a previous page", field="query.cursor")
-        where.append("created_position < %s")
-        args.append(int(params.cursor))
-    rows = await reads.rows(
-        request,
-        f"SELECT {columns}, created_position FROM {table} WHERE {' AND '.join(where)} "
-        "ORDER BY created_position DESC LIMIT %s",
-        [*args, params.limit + 1],
-    )
-    more = len(rows) > params.limit
-    rows = rows[: params.limit]
-    return rows, str(rows[-1]["created_position"]) if more else None
-
-
 def _product_id(request: Request) -> str:
     try:
         return ProductPath.model_validate(request.path_params).product_id
@@ -270,13 +251,13 @@ async def publish_bom_version(request: Request) -> Response:
 async def list_boms(request: Request) -> Response:
     params = rq.query(request, BomListQuery)
     position = await reads.caught_up(request, BOMS_PROJECTION, params)
-    where = ["tenant_id = %s"]
-    args: list[Any] = [rq.tenant(request)]
+    where, args = reads.filters(request, params, ())
     if params.item_id is not None:
         where.append("EXISTS (SELECT 1 FROM bom_version_items i WHERE i.bom_id = boms.bom_id "
                      "AND i.bom_version = boms.latest_version AND i.item_id = %s)")
         args.append(params.item_id)
-    rows, cursor = await _page(request, "boms", _BOM_COLUMNS, where, args, params)
+    rows, cursor = await reads.page(request, params, table="boms", columns=_BOM_COLUMNS,
+                                    where=where, args=args)
     return JSON({
         "items": [{k: r[k] for k in BomView.model_fields} for r in rows],
         "next_cursor": cursor,
@@ -434,14 +415,9 @@ async def close(request: Request) -> Response:
 async def list_work_orders(request: Request) -> Response:
     params = rq.query(request, WorkOrderListQuery)
     position = await reads.caught_up(request, WORK_ORDERS_PROJECTION, params)
-    where = ["tenant_id = %s"]
-    args: list[Any] = [rq.tenant(request)]
-    for column in ("status", "product_id"):
-        value = getattr(params, column)
-        if value is not None:
-            where.append(f"{column} = %s")
-            args.append(value)
-    rows, cursor = await _page(request, "work_orders", _WORK_ORDER_COLUMNS, where, args, params)
+    where, args = reads.filters(request, params, ("status", "product_id"))
+    rows, cursor = await reads.page(request, params, table="work_orders",
+                                    columns=_WORK_ORDER_COLUMNS, where=where, args=args)
     return JSON({
         "items": [{k: r[k] for k in WorkOrderView.model_fields} for r in rows],
         "next_cursor": cursor,

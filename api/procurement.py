@@ -21,8 +21,7 @@ from aggregates.purchase_order import LineRef, OrderLine
 from api import reads
 from api import requests as rq
 from api.openapi import operation
-from api.problems import BadRequest
-from api.reads import ReadQuery
+from api.reads import PageQuery, ReadQuery
 from api.requests import IDEMPOTENCY, IF_MATCH, CommandAccepted, accepted
 from api.responses import JSON
 from erp.commands import NotFound
@@ -132,12 +131,10 @@ class Close(Body):
                                description="required to short-close a partly received order")
 
 
-class ListQuery(ReadQuery):
+class ListQuery(PageQuery):
     status: Status | None = None
     vendor_id: str | None = None
     number: str | None = None
-    limit: int = Field(default=50, ge=1, le=200)
-    cursor: str | None = Field(default=None, description="next_cursor of the previous page")
 
 
 class Approval(BaseModel):
@@ -354,30 +351,12 @@ async def close(request: Request) -> Response:
 async def list_purchase_orders(request: Request) -> Response:
     params = rq.query(request, ListQuery)
     position = await reads.caught_up(request, PROJECTION, params)
-    where = ["tenant_id = %s"]
-    args: list[Any] = [rq.tenant(request)]
-    for column in ("status", "vendor_id", "number"):
-        value = getattr(params, column)
-        if value is not None:
-            where.append(f"{column} = %s")
-            args.append(value)
-    if params.cursor is not None:
-        if not params.cursor.isdigit():
-            raise BadRequest("cursor must be a next_cursor from a previous page",
-                             field="query.cursor")
-        where.append("created_position < %s")
-        args.append(int(params.cursor))
-    rows = await reads.rows(
-        request,
-        f"SELECT {_ORDER_COLUMNS}, created_position FROM purchase_orders "
-        f"WHERE {' AND '.join(where)} ORDER BY created_position DESC LIMIT %s",
-        [*args, params.limit + 1],
-    )
-    more = len(rows) > params.limit
-    rows = rows[: params.limit]
+    where, args = reads.filters(request, params, ("status", "vendor_id", "number"))
+    rows, cursor = await reads.page(request, params, table="purchase_orders",
+                                    columns=_ORDER_COLUMNS, where=where, args=args)
     return JSON({
         "items": [_order(r) for r in rows],
-        "next_cursor": str(rows[-1]["created_position"]) if more else None,
+        "next_cursor": cursor,
         "log_position": position,
     })
 

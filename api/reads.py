@@ -7,6 +7,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
+from api.problems import BadRequest
+from api.requests import tenant
 from erp.bootstrap import Service
 
 
@@ -42,3 +44,36 @@ async def rows(request: Request, sql: str, args: Any) -> list[dict[str, Any]]:
         cur = await conn.execute(sql, args)
         names = [column.name for column in cur.description or ()]
         return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+
+
+def filters(request: Request, params: BaseModel, names: tuple[str, ...]) -> tuple[list[str], list[Any]]:
+    """WHERE clauses and arguments: the request's tenant, and each named query parameter given."""
+    where, args = ["tenant_id = %s"], [tenant(request)]
+    for name in names:
+        value = getattr(params, name)
+        if value is not None:
+            where.append(f"{name} = %s")
+            args.append(value)
+    return where, args
+
+
+async def page(
+    request: Request, params: PageQuery, *, table: str, columns: str, where: list[str],
+    args: list[Any], order_by: str = "created_position",
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of rows, newest first by the log position (`order_by`) of the event that
+    created each row, and the cursor of the next page."""
+    if params.cursor is not None:
+        if not params.cursor.isdigit():
+            raise BadRequest("cursor must be a next_cursor from a previous page", field="query.cursor")
+        where = [*where, f"{order_by} < %s"]
+        args = [*args, int(params.cursor)]
+    found = await rows(
+        request,
+        f"SELECT {columns}, {order_by} FROM {table} WHERE {' AND '.join(where)} "
+        f"ORDER BY {order_by} DESC LIMIT %s",
+        [*args, params.limit + 1],
+    )
+    more = len(found) > params.limit
+    found = found[: params.limit]
+    return found, str(found[-1][order_by]) if more else None
