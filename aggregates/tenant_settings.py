@@ -1,7 +1,10 @@
-"""A tenant's business settings (tier 2): pipeline stages, PO approval chain, tolerances.
+"""A tenant of the ERP service and its business settings (tier 2): name and status as the
+auth service announces them; currency, payment terms, notification preferences, pipeline
+stages, PO approval chain, tolerances and statutory rate overrides.
 
-One aggregate per tenant with a derived id; a tenant that never configured anything
-gets the defaults. Other aggregates are handed these values; they never load them.
+One aggregate per tenant with a derived id, created when the auth service announces the
+tenant, with the defaults until an admin changes them. Other aggregates are handed these
+values; they never load them. Each change is an event: its history says who changed what.
 """
 
 from __future__ import annotations
@@ -46,6 +49,23 @@ class InvalidStatutoryOverride(InvalidValue):
     pass
 
 
+class InvalidTenant(InvalidValue):
+    pass
+
+
+class InvalidBusinessTerms(InvalidValue):
+    pass
+
+
+TENANT_STATUSES = ("active", "suspended")
+NOTIFICATION_CHANNELS = frozenset({"email", "sms", "push"})
+# Events a tenant may be notified of (the notifications service delivers them).
+NOTIFIABLE = frozenset({
+    "opportunity.won", "purchase_order.submitted", "purchase_order.approved",
+    "purchase_order.received", "payroll.approved", "payroll.processed", "work_order.completed",
+})
+
+
 OVERRIDABLE = frozenset({
     "personal_relief", "secondary_employment_rate", "nssf_employee_rate", "nssf_employer_rate",
     "nssf_lower_limit", "nssf_upper_limit", "shif_rate", "shif_minimum",
@@ -86,6 +106,55 @@ class TenantSettings(Aggregate):
         self.over_production_percent = Decimal(0)
         self.over_consumption_percent = Decimal(0)
         self.statutory_override_records: list[dict[str, Any]] = []
+        self.name = tenant_id
+        self.status = "active"
+        self.currency = "KES"
+        self.payment_terms_days = 30
+        self.notifications: dict[str, list[str]] = {}
+
+    def describe(self, name: str, status: str) -> bool:
+        """The tenant's name and status from the auth service; answers whether they changed."""
+        if not name.strip():
+            raise InvalidTenant("a tenant needs a name", field="name")
+        if status not in TENANT_STATUSES:
+            raise InvalidTenant(f"status must be one of {', '.join(TENANT_STATUSES)}, not {status!r}",
+                                field="status")
+        if (name, status) == (self.name, self.status):
+            return False
+        self._described(name=name, status=status)
+        return True
+
+    @event("Described")
+    def _described(self, name: str, status: str) -> None:
+        self.name = name
+        self.status = status
+
+    def configure_business_terms(
+        self, *, currency: str, payment_terms_days: int, notifications: dict[str, list[str]],
+    ) -> None:
+        if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
+            raise InvalidBusinessTerms(f"currency must be an ISO 4217 code, not {currency!r}",
+                                       field="currency")
+        if not 0 <= payment_terms_days <= 365:
+            raise InvalidBusinessTerms("payment terms are 0 to 365 days", field="payment_terms_days")
+        for name, channels in notifications.items():
+            if name not in NOTIFIABLE:
+                raise InvalidBusinessTerms(f"{name!r} is not a notifiable event; known: "
+                                           f"{', '.join(sorted(NOTIFIABLE))}", field=f"notifications.{name}")
+            if not set(channels) <= NOTIFICATION_CHANNELS:
+                raise InvalidBusinessTerms(f"channels are {', '.join(sorted(NOTIFICATION_CHANNELS))}",
+                                           field=f"notifications.{name}")
+        self._business_terms_configured(
+            currency=currency, payment_terms_days=payment_terms_days,
+            notifications={k: sorted(set(v)) for k, v in sorted(notifications.items())})
+
+    @event("BusinessTermsConfigured")
+    def _business_terms_configured(
+        self, currency: str, payment_terms_days: int, notifications: dict[str, list[str]],
+    ) -> None:
+        self.currency = currency
+        self.payment_terms_days = payment_terms_days
+        self.notifications = notifications
 
     @property
     def statutory_overrides(self) -> tuple[StatutoryRules, ...]:

@@ -8,17 +8,21 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from api import crm, health, hrm, manufacturing, procurement, settings
-from api.middleware import RequestContext
+from api import credentials, crm, health, hrm, manufacturing, procurement, settings
+from api.auth import Authentication, Authenticator
+from api.middleware import BodyLimit, RequestContext
 from api.openapi import document
 from api.problems import EXCEPTION_HANDLERS
 from erp.bootstrap import Service
+from erp.identity import token_verifier
 
 ROUTES = [*health.ROUTES, *settings.ROUTES, *crm.ROUTES, *manufacturing.ROUTES, *hrm.ROUTES,
-          *procurement.ROUTES]
+          *procurement.ROUTES, *credentials.ROUTES]
 
 
-def create_app(service: Service) -> Starlette:
+def create_app(service: Service, *, embedded: bool = False) -> Starlette:
+    """The app over `service`; `embedded`: its servers are the embedded ones, so without
+    JWT settings the development key is trusted."""
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
@@ -29,10 +33,12 @@ def create_app(service: Service) -> Starlette:
 
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(RequestContext)],
+        middleware=[Middleware(RequestContext), Middleware(BodyLimit, service.settings.max_body_bytes),
+                    Middleware(Authentication)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.authenticator = Authenticator(token_verifier(service.settings, embedded=embedded), service)
     app.state.openapi = document(ROUTES, "ERP service", "0.1.0")
     return app

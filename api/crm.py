@@ -154,7 +154,8 @@ def _opportunity_id(request: Request) -> UUID:
     return opportunity_id
 
 
-@operation(summary="Open an opportunity", body=OpenOpportunity, response=CommandAccepted,
+@operation(scope="crm:write",
+           summary="Open an opportunity", body=OpenOpportunity, response=CommandAccepted,
            status=201, errors=(400, 409, 422, 503), headers=(IDEMPOTENCY,))
 async def open_opportunity(request: Request) -> Response:
     cmd = await rq.body(request, OpenOpportunity)
@@ -168,7 +169,8 @@ async def open_opportunity(request: Request) -> Response:
     return accepted(saved, created_at=BASE)
 
 
-@operation(summary="Change an open opportunity's details", body=UpdateOpportunity,
+@operation(scope="crm:write",
+           summary="Change an open opportunity's details", body=UpdateOpportunity,
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def update(request: Request) -> Response:
     cmd = await rq.body(request, UpdateOpportunity)
@@ -180,7 +182,8 @@ async def update(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Move an opportunity to another stage", body=ChangeStage,
+@operation(scope="crm:write",
+           summary="Move an opportunity to another stage", body=ChangeStage,
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def change_stage(request: Request) -> Response:
     cmd = await rq.body(request, ChangeStage)
@@ -191,7 +194,8 @@ async def change_stage(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Mark an opportunity won (publishes erp.opportunity.won)", body=WinOpportunity,
+@operation(scope="crm:write",
+           summary="Mark an opportunity won (publishes erp.opportunity.won)", body=WinOpportunity,
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def win(request: Request) -> Response:
     cmd = await rq.body(request, WinOpportunity)
@@ -200,7 +204,8 @@ async def win(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Mark an opportunity lost", body=LoseOpportunity, response=CommandAccepted,
+@operation(scope="crm:write",
+           summary="Mark an opportunity lost", body=LoseOpportunity, response=CommandAccepted,
            errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def lose(request: Request) -> Response:
     cmd = await rq.body(request, LoseOpportunity)
@@ -209,7 +214,8 @@ async def lose(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Reopen a won or lost opportunity", body=ReopenOpportunity,
+@operation(scope="crm:write",
+           summary="Reopen a won or lost opportunity", body=ReopenOpportunity,
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def reopen(request: Request) -> Response:
     cmd = await rq.body(request, ReopenOpportunity)
@@ -218,7 +224,8 @@ async def reopen(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="List opportunities, newest first", query=ListQuery, response=OpportunityPage,
+@operation(scope="crm:read",
+           summary="List opportunities, newest first", query=ListQuery, response=OpportunityPage,
            errors=(400, 422, 503))
 async def list_opportunities(request: Request) -> Response:
     params = rq.query(request, ListQuery)
@@ -233,7 +240,8 @@ async def list_opportunities(request: Request) -> Response:
     })
 
 
-@operation(summary="One opportunity with its stage history", query=ReadQuery,
+@operation(scope="crm:read",
+           summary="One opportunity with its stage history", query=ReadQuery,
            response=OpportunityDetail, errors=(400, 404, 422, 503))
 async def get_opportunity(request: Request) -> Response:
     await reads.caught_up(request, PROJECTION, rq.query(request, ReadQuery))
@@ -254,7 +262,8 @@ async def get_opportunity(request: Request) -> Response:
                 headers={"ETag": f'"{found[0]["version"]}"'})
 
 
-@operation(summary="Open pipeline per stage: count, total and probability-weighted amount",
+@operation(scope="crm:read",
+           summary="Open pipeline per stage: count, total and probability-weighted amount",
            query=ReadQuery, response=Pipeline, errors=(400, 422, 503))
 async def pipeline(request: Request) -> Response:
     position = await reads.caught_up(request, PROJECTION, rq.query(request, ReadQuery))
@@ -269,7 +278,8 @@ async def pipeline(request: Request) -> Response:
     return JSON({"stages": rows, "log_position": position})
 
 
-@operation(summary="Forecast of open opportunities by expected-close month",
+@operation(scope="crm:read",
+           summary="Forecast of open opportunities by expected-close month",
            query=ReadQuery, response=Forecast, errors=(400, 422, 503))
 async def forecast(request: Request) -> Response:
     position = await reads.caught_up(request, PROJECTION, rq.query(request, ReadQuery))

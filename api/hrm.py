@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from api import reads
 from api import requests as rq
+from api.auth import principal
 from api.openapi import operation
 from api.problems import BadRequest
 from api.reads import PageQuery, ReadQuery
@@ -75,10 +76,6 @@ class CreatePayrollRun(Body):
 
 class NoBody(Body):
     """An empty body (or `{}`)."""
-
-
-class ApprovePayrollRun(Body):
-    approver: str = Field(min_length=1, max_length=200)
 
 
 class CancelPayrollRun(Body):
@@ -346,7 +343,8 @@ def _pairs(items: list[Allowance]) -> list[tuple[str, Decimal]]:
 # Employees
 
 
-@operation(summary="Hire an employee (publishes erp.employee.hired)", body=HireEmployee,
+@operation(scope="hrm:write",
+           summary="Hire an employee (publishes erp.employee.hired)", body=HireEmployee,
            response=CommandAccepted, status=201, errors=(400, 409, 422, 503), headers=(IDEMPOTENCY,))
 async def hire(request: Request) -> Response:
     cmd = await rq.body(request, HireEmployee)
@@ -360,7 +358,8 @@ async def hire(request: Request) -> Response:
     return accepted(saved, created_at=EMPLOYEES)
 
 
-@operation(summary="Change an employee's pay from a payroll month", body=ChangePay,
+@operation(scope="hrm:write",
+           summary="Change an employee's pay from a payroll month", body=ChangePay,
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def change_pay(request: Request) -> Response:
     cmd = await rq.body(request, ChangePay)
@@ -371,7 +370,8 @@ async def change_pay(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Terminate an employee", body=TerminateEmployee, response=CommandAccepted,
+@operation(scope="hrm:write",
+           summary="Terminate an employee", body=TerminateEmployee, response=CommandAccepted,
            errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def terminate(request: Request) -> Response:
     cmd = await rq.body(request, TerminateEmployee)
@@ -382,7 +382,8 @@ async def terminate(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="List employees, newest hire first", query=EmployeeListQuery,
+@operation(scope="hrm:read",
+           summary="List employees, newest hire first", query=EmployeeListQuery,
            response=EmployeePage, errors=(400, 422, 503))
 async def list_employees(request: Request) -> Response:
     params = rq.query(request, EmployeeListQuery)
@@ -411,7 +412,8 @@ async def _employee(request: Request) -> dict[str, Any]:
     return found[0]
 
 
-@operation(summary="One employee with the pay history", query=ReadQuery, response=EmployeeDetail,
+@operation(scope="hrm:read",
+           summary="One employee with the pay history", query=ReadQuery, response=EmployeeDetail,
            errors=(400, 404, 422, 503))
 async def get_employee(request: Request) -> Response:
     await _caught_up(request, rq.query(request, ReadQuery))
@@ -429,7 +431,8 @@ async def get_employee(request: Request) -> Response:
 _HISTORY_CURSOR = re.compile(r"^(\d{4}-\d{2}):(\d+)$")
 
 
-@operation(summary="An employee's payslips, latest period first", query=PayslipHistoryQuery,
+@operation(scope="hrm:read",
+           summary="An employee's payslips, latest period first", query=PayslipHistoryQuery,
            response=EmployeePayslipPage, errors=(400, 404, 422, 503))
 async def employee_payslips(request: Request) -> Response:
     params = rq.query(request, PayslipHistoryQuery)
@@ -467,7 +470,8 @@ async def employee_payslips(request: Request) -> Response:
 # Payroll runs
 
 
-@operation(summary="Create a payroll run for a month", body=CreatePayrollRun, response=CommandAccepted,
+@operation(scope="payroll:process",
+           summary="Create a payroll run for a month", body=CreatePayrollRun, response=CommandAccepted,
            status=201, errors=(400, 409, 422, 503), headers=(IDEMPOTENCY,))
 async def create_run(request: Request) -> Response:
     cmd = await rq.body(request, CreatePayrollRun)
@@ -477,7 +481,8 @@ async def create_run(request: Request) -> Response:
     return accepted(saved, created_at=RUNS)
 
 
-@operation(summary="Calculate (or recalculate) the payslips of everyone employed in the month",
+@operation(scope="payroll:process",
+           summary="Calculate (or recalculate) the payslips of everyone employed in the month",
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def calculate(request: Request) -> Response:
     await _no_body(request)
@@ -488,18 +493,20 @@ async def calculate(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Approve a calculated payroll run", body=ApprovePayrollRun,
+@operation(scope="payroll:process",
+           summary="Approve a calculated payroll run (the approver is the caller)",
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def approve(request: Request) -> Response:
-    cmd = await rq.body(request, ApprovePayrollRun)
+    await _no_body(request)
     saved = await commands.approve_payroll(
         reads.service(request).runner, await rq.command_context(request), _payroll_id(request),
-        cmd.approver,
+        principal(request).subject,
     )
     return accepted(saved)
 
 
-@operation(summary="Process an approved payroll run (publishes erp.payroll.processed); "
+@operation(scope="payroll:process",
+           summary="Process an approved payroll run (publishes erp.payroll.processed); "
                    "one processed run per month", response=CommandAccepted,
            errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def process(request: Request) -> Response:
@@ -510,7 +517,8 @@ async def process(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Cancel a payroll run not yet processed", body=CancelPayrollRun,
+@operation(scope="payroll:process",
+           summary="Cancel a payroll run not yet processed", body=CancelPayrollRun,
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def cancel(request: Request) -> Response:
     cmd = await rq.body(request, CancelPayrollRun)
@@ -521,7 +529,8 @@ async def cancel(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="List payroll runs, newest first", query=RunListQuery, response=PayrollRunPage,
+@operation(scope="hrm:read",
+           summary="List payroll runs, newest first", query=RunListQuery, response=PayrollRunPage,
            errors=(400, 422, 503))
 async def list_runs(request: Request) -> Response:
     params = rq.query(request, RunListQuery)
@@ -538,7 +547,8 @@ async def list_runs(request: Request) -> Response:
     })
 
 
-@operation(summary="One payroll run with its payslips", query=ReadQuery, response=PayrollRunDetail,
+@operation(scope="hrm:read",
+           summary="One payroll run with its payslips", query=ReadQuery, response=PayrollRunDetail,
            errors=(400, 404, 422, 503))
 async def get_run(request: Request) -> Response:
     await _caught_up(request, rq.query(request, ReadQuery))
@@ -562,7 +572,8 @@ async def get_run(request: Request) -> Response:
 # Payroll: calculator and filing
 
 
-@operation(summary="Preview a payslip under the rules in force in a month, with the tenant's "
+@operation(scope="hrm:read",
+           summary="Preview a payslip under the rules in force in a month, with the tenant's "
                    "rate overrides, as a payroll run would compute it (creates nothing)",
            body=PayslipPreviewRequest, response=PayslipPreview, errors=(400, 422))
 async def payslip_preview(request: Request) -> Response:
@@ -582,7 +593,8 @@ _SUMMARY_TOTALS = ("gross_pay", "paye", "nssf_employee", "nssf_employer", "shif"
 _FILING_AMOUNTS = [name for name in FilingLine.model_fields if name in PAYSLIP_AMOUNTS]
 
 
-@operation(summary="A month's statutory deductions from its processed payroll, ready for filing",
+@operation(scope="hrm:read",
+           summary="A month's statutory deductions from its processed payroll, ready for filing",
            query=SummaryQuery, response=StatutorySummary, errors=(400, 422, 503))
 async def statutory_summary(request: Request) -> Response:
     params = rq.query(request, SummaryQuery)

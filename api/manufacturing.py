@@ -227,7 +227,8 @@ async def _optional_body(request: Request, model: type[M]) -> M:
 # Bills of materials.
 
 
-@operation(summary="Publish the next version of a product's bill of materials (creates the bill "
+@operation(scope="manufacturing:write",
+           summary="Publish the next version of a product's bill of materials (creates the bill "
                    "on first use)", body=PublishBomVersion, response=CommandAccepted, status=201,
            errors=(400, 409, 412, 422, 503), headers=(IF_MATCH, IDEMPOTENCY))
 async def publish_bom_version(request: Request) -> Response:
@@ -246,7 +247,8 @@ async def publish_bom_version(request: Request) -> Response:
     return response
 
 
-@operation(summary="List bills of materials, newest first", query=BomListQuery, response=BomPage,
+@operation(scope="manufacturing:read",
+           summary="List bills of materials, newest first", query=BomListQuery, response=BomPage,
            errors=(400, 422, 503))
 async def list_boms(request: Request) -> Response:
     params = rq.query(request, BomListQuery)
@@ -265,7 +267,8 @@ async def list_boms(request: Request) -> Response:
     })
 
 
-@operation(summary="A product's bill of materials with every published version",
+@operation(scope="manufacturing:read",
+           summary="A product's bill of materials with every published version",
            query=ReadQuery, response=BomDetail, errors=(400, 404, 422, 503))
 async def get_bom(request: Request) -> Response:
     product_id = _product_id(request)
@@ -297,7 +300,8 @@ async def get_bom(request: Request) -> Response:
 # Work orders.
 
 
-@operation(summary="Create a draft work order for a planned quantity of a product",
+@operation(scope="manufacturing:write",
+           summary="Create a draft work order for a planned quantity of a product",
            body=CreateWorkOrder, response=CommandAccepted, status=201, errors=(400, 409, 422, 503),
            headers=(IDEMPOTENCY,))
 async def create_work_order(request: Request) -> Response:
@@ -309,7 +313,8 @@ async def create_work_order(request: Request) -> Response:
     return accepted(saved, created_at=WORK_ORDERS)
 
 
-@operation(summary="Release a draft: pin a bill-of-materials version and explode its materials",
+@operation(scope="manufacturing:write",
+           summary="Release a draft: pin a bill-of-materials version and explode its materials",
            body=ReleaseWorkOrder, response=CommandAccepted, errors=COMMAND_ERRORS,
            headers=(IF_MATCH, IDEMPOTENCY))
 async def release(request: Request) -> Response:
@@ -319,7 +324,8 @@ async def release(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Start a released work order (publishes erp.work_order.started with the "
+@operation(scope="manufacturing:write",
+           summary="Start a released work order (publishes erp.work_order.started with the "
                    "materials to consume)", response=CommandAccepted, errors=COMMAND_ERRORS,
            headers=(IF_MATCH, IDEMPOTENCY))
 async def start(request: Request) -> Response:
@@ -329,7 +335,8 @@ async def start(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Record material consumed (within the tenant's over-consumption allowance)",
+@operation(scope="manufacturing:write",
+           summary="Record material consumed (within the tenant's over-consumption allowance)",
            body=RecordConsumption, response=CommandAccepted, errors=COMMAND_ERRORS,
            headers=(IF_MATCH, IDEMPOTENCY))
 async def consume(request: Request) -> Response:
@@ -341,7 +348,8 @@ async def consume(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Record good units produced and scrap (within the over-production allowance)",
+@operation(scope="manufacturing:write",
+           summary="Record good units produced and scrap (within the over-production allowance)",
            body=RecordProduction, response=CommandAccepted, errors=COMMAND_ERRORS,
            headers=(IF_MATCH, IDEMPOTENCY))
 async def produce(request: Request) -> Response:
@@ -353,7 +361,8 @@ async def produce(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Record labour hours at an hourly rate", body=RecordLabour,
+@operation(scope="manufacturing:write",
+           summary="Record labour hours at an hourly rate", body=RecordLabour,
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def record_labour(request: Request) -> Response:
     cmd = await rq.body(request, RecordLabour)
@@ -364,7 +373,8 @@ async def record_labour(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Stop a work order in progress", body=GiveReason, response=CommandAccepted,
+@operation(scope="manufacturing:write",
+           summary="Stop a work order in progress", body=GiveReason, response=CommandAccepted,
            errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def stop(request: Request) -> Response:
     cmd = await _optional_body(request, GiveReason)
@@ -373,7 +383,8 @@ async def stop(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Resume a stopped work order", response=CommandAccepted, errors=COMMAND_ERRORS,
+@operation(scope="manufacturing:write",
+           summary="Resume a stopped work order", response=CommandAccepted, errors=COMMAND_ERRORS,
            headers=(IF_MATCH, IDEMPOTENCY))
 async def resume(request: Request) -> Response:
     await _optional_body(request, NoFields)
@@ -382,7 +393,8 @@ async def resume(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Complete a work order (publishes erp.work_order.completed with produced and "
+@operation(scope="manufacturing:write",
+           summary="Complete a work order (publishes erp.work_order.completed with produced and "
                    "scrap quantities and costs)", response=CommandAccepted, errors=COMMAND_ERRORS,
            headers=(IF_MATCH, IDEMPOTENCY))
 async def complete(request: Request) -> Response:
@@ -392,7 +404,8 @@ async def complete(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Cancel a work order that is not yet completed", body=GiveReason,
+@operation(scope="manufacturing:write",
+           summary="Cancel a work order that is not yet completed", body=GiveReason,
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def cancel(request: Request) -> Response:
     cmd = await _optional_body(request, GiveReason)
@@ -401,7 +414,8 @@ async def cancel(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Close a completed work order", response=CommandAccepted, errors=COMMAND_ERRORS,
+@operation(scope="manufacturing:write",
+           summary="Close a completed work order", response=CommandAccepted, errors=COMMAND_ERRORS,
            headers=(IF_MATCH, IDEMPOTENCY))
 async def close(request: Request) -> Response:
     await _optional_body(request, NoFields)
@@ -410,7 +424,8 @@ async def close(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="List work orders, newest first", query=WorkOrderListQuery,
+@operation(scope="manufacturing:read",
+           summary="List work orders, newest first", query=WorkOrderListQuery,
            response=WorkOrderPage, errors=(400, 422, 503))
 async def list_work_orders(request: Request) -> Response:
     params = rq.query(request, WorkOrderListQuery)
@@ -425,7 +440,8 @@ async def list_work_orders(request: Request) -> Response:
     })
 
 
-@operation(summary="One work order with required vs consumed materials, yield and costs",
+@operation(scope="manufacturing:read",
+           summary="One work order with required vs consumed materials, yield and costs",
            query=ReadQuery, response=WorkOrderDetail, errors=(400, 404, 422, 503))
 async def get_work_order(request: Request) -> Response:
     await reads.caught_up(request, WORK_ORDERS_PROJECTION, rq.query(request, ReadQuery))

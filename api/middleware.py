@@ -10,20 +10,26 @@ import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import problem
+from api.problems import BodyTooLarge, problem
 
 log = structlog.get_logger("erp.access")
 
 _TOKEN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/openapi.json")
+# A JSON API: nothing may frame, embed or sniff it, and tenant data is never cached.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+    "Cache-Control": "no-store",
+}
 
 
 class RequestContext:
-    """Binds request id, correlation id and tenant to the request and to every log line.
-
-    Until authentication lands, the tenant comes from the `X-Tenant-ID` header and is
-    required on every route but the public ones.
-    """
+    """Binds request id and correlation id to the request and to every log line (the
+    tenant and caller are bound by `Authentication`), and writes one access-log line."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -35,14 +41,11 @@ class RequestContext:
         headers = Headers(scope=scope)
         request_id = str(uuid.uuid4())
         correlation_id = headers.get("x-correlation-id") or request_id
-        tenant_id = headers.get("x-tenant-id")
         path: str = scope["path"]
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            request_id=request_id, correlation_id=correlation_id, tenant_id=tenant_id
-        )
+        structlog.contextvars.bind_contextvars(request_id=request_id, correlation_id=correlation_id)
         state = scope.setdefault("state", {})
-        state.update(request_id=request_id, correlation_id=correlation_id, tenant_id=tenant_id)
+        state.update(request_id=request_id, correlation_id=correlation_id)
         started = time.perf_counter()
         status = 500
 
@@ -53,6 +56,7 @@ class RequestContext:
                 out = MutableHeaders(scope=message)
                 out["X-Request-ID"] = request_id
                 out["X-Correlation-ID"] = correlation_id
+                out.update(SECURITY_HEADERS)
             await send(message)
 
         try:
@@ -62,15 +66,37 @@ class RequestContext:
                                    errors=[{"field": "header.X-Correlation-ID",
                                             "message": "invalid format"}])
                 await response(scope, receive, send_with_ids)
-            elif not path.startswith(PUBLIC_PREFIXES) and not (tenant_id and _TOKEN.match(tenant_id)):
-                response = problem(400, "Bad request", "the X-Tenant-ID header is required: "
-                                   "1-128 of letters, digits and . _ : -",
-                                   errors=[{"field": "header.X-Tenant-ID",
-                                            "message": "missing or invalid"}])
-                await response(scope, receive, send_with_ids)
             else:
                 await self.app(scope, receive, send_with_ids)
         finally:
             log.info("request", method=scope["method"], path=path, status=status,
                      ms=round((time.perf_counter() - started) * 1000, 2))
             structlog.contextvars.clear_contextvars()
+
+
+class BodyLimit:
+    """Refuses request bodies over `max_bytes`: at once by Content-Length, or while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await problem(413, "Content too large", str(BodyTooLarge(self.max_bytes)))(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, counted, send)

@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 
+from api.auth import requiring
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _CONVERTOR = re.compile(r"{(\w+):\w+}")
@@ -39,14 +41,17 @@ class Operation:
     query: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()  # (name, description) of request headers
+    scope: str | None = None  # the permission the caller needs; None only for public routes
 
 
 def operation(**spec: Any) -> Callable[[F], F]:
-    """Describes an endpoint for the OpenAPI document."""
+    """Describes an endpoint for the OpenAPI document and enforces its `scope`."""
 
     def describe(endpoint: F) -> F:
-        endpoint.openapi = Operation(**spec)  # type: ignore[attr-defined]
-        return endpoint
+        described = Operation(**spec)
+        guarded: Any = endpoint if described.scope is None else requiring(described.scope, endpoint)
+        guarded.openapi = described
+        return guarded  # type: ignore[no-any-return]
 
     return describe
 
@@ -79,9 +84,13 @@ def document(routes: Sequence[BaseRoute], title: str, version: str) -> dict[str,
                 op["parameters"].append({"name": header, "in": "header", "required": False,
                                          "description": description,
                                          "schema": {"type": "string"}})
-            if not route.path.startswith(("/healthz", "/readyz", "/openapi")):
-                op["parameters"].append({"name": "X-Tenant-ID", "in": "header", "required": True,
-                                         "schema": {"type": "string"}})
+            if spec.scope is not None:
+                op["security"] = [{"bearer": [spec.scope]}, {"apiKey": [spec.scope]}]
+                op["description"] = f"Requires the `{spec.scope}` permission."
+                op["parameters"].append({
+                    "name": "X-Tenant-ID", "in": "header", "required": False,
+                    "description": "with a platform API key: the tenant to act for",
+                    "schema": {"type": "string"}})
             if spec.query is not None:
                 for name, field in spec.query.model_fields.items():
                     schema = spec.query.model_json_schema()["properties"][name]
@@ -97,10 +106,14 @@ def document(routes: Sequence[BaseRoute], title: str, version: str) -> dict[str,
                 ok["content"] = {"application/json": {
                     "schema": _schema_ref(spec.response, components)}}
             op["responses"][str(spec.status)] = ok
-            for status in spec.errors:
+            for status in (*spec.errors, *((401, 403) if spec.scope else ())):
                 op["responses"][str(status)] = {
                     "description": "problem", "content": {"application/problem+json": {
                         "schema": _PROBLEM}}}
             paths.setdefault(_CONVERTOR.sub(r"{\1}", route.path), {})[method.lower()] = op
     return {"openapi": "3.1.0", "info": {"title": title, "version": version},
-            "paths": paths, "components": {"schemas": components}}
+            "paths": paths, "components": {"schemas": components, "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                           "description": "issued by the auth service; tenant_id and roles claims"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                           "description": "service-to-service key (erp api-keys create)"}}}}

@@ -19,6 +19,7 @@ from api.responses import ProblemJSON
 from erp.commands import NotFound, StaleVersion
 from erp.eventstore import CommitterStopped, VersionConflict
 from erp.idempotency import IdempotencyKeyReused
+from erp.identity import Forbidden
 from projections.positions import NotCaughtUp
 
 log = structlog.get_logger("erp.api")
@@ -38,6 +39,11 @@ class BadRequest(Exception):
         super().__init__(detail)
         self.detail = detail
         self.field = field
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than {limit} bytes")
 
 
 def _slug(name: str) -> str:
@@ -97,6 +103,14 @@ async def on_key_reused(request: Request, exc: Exception) -> Response:
                    errors=[{"field": "header.Idempotency-Key", "message": str(exc)}])
 
 
+async def on_too_large(request: Request, exc: Exception) -> Response:
+    return problem(413, "Content too large", str(exc))
+
+
+async def on_forbidden(request: Request, exc: Exception) -> Response:
+    return problem(403, "Forbidden", str(exc))
+
+
 async def on_not_found(request: Request, exc: Exception) -> Response:
     return problem(404, "Not found", str(exc))
 
@@ -139,6 +153,8 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     BadRequest: on_bad_request,
     DomainError: on_domain_error,
     NotFound: on_not_found,
+    Forbidden: on_forbidden,
+    BodyTooLarge: on_too_large,
     IdempotencyKeyReused: on_key_reused,
     VersionConflict: on_version_conflict,
     NotCaughtUp: on_not_caught_up,

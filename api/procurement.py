@@ -1,8 +1,8 @@
 """Procurement routes: purchase orders, their lines, approval, goods receipt, and a vendor's
 open commitments.
 
-Approvers and requesters are named in the body until authentication lands; then they come
-from the token.
+The requester, approvers and rejecters are the authenticated user; approving for a role
+needs that role in the user's token.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from starlette.routing import Route
 from aggregates.purchase_order import LineRef, OrderLine
 from api import reads
 from api import requests as rq
+from api.auth import principal
 from api.openapi import operation
 from api.reads import PageQuery, ReadQuery
 from api.requests import IDEMPOTENCY, IF_MATCH, CommandAccepted, accepted
 from api.responses import JSON
 from erp.commands import NotFound
 from erp.commands import procurement as commands
+from erp.identity import Forbidden
 
 PROJECTION = "purchase_orders"
 BASE = "/api/v1/procurement/purchase-orders"
@@ -35,7 +37,6 @@ COMMAND_HEADERS = (IF_MATCH, IDEMPOTENCY)
 Quantity = Field(gt=0, max_digits=18, decimal_places=6)
 Received = Field(default=Decimal(0), ge=0, max_digits=18, decimal_places=6)
 Reason = Field(min_length=1, max_length=500)
-UserId = Field(min_length=1, max_length=200)
 Status = Literal["draft", "submitted", "approved", "partially_received", "received", "closed",
                  "cancelled"]
 
@@ -64,8 +65,6 @@ class Line(Body):
 class CreatePurchaseOrder(Body):
     vendor_id: str = Field(min_length=1, max_length=200)
     currency: str = Field(default="KES", pattern=r"^[A-Z]{3}$", description="ISO 4217")
-    requested_by: str = Field(min_length=1, max_length=200,
-                              description="the requester; from the token once authentication lands")
     required_by: date | None = None
     lines: list[Line] = Field(default_factory=list, max_length=500)
 
@@ -86,12 +85,10 @@ class Submit(Body):
 
 
 class Approve(Body):
-    approver_id: str = UserId
     role: str = Field(min_length=1, max_length=64, description="the approval level approved")
 
 
 class Reject(Body):
-    approver_id: str = UserId
     reason: str = Reason
 
 
@@ -243,7 +240,8 @@ def _purchase_order_id(request: Request) -> UUID:
     return purchase_order_id
 
 
-@operation(summary="Create a purchase order (draft), numbered PO-<year>-<n> per tenant "
+@operation(scope="procurement:write",
+           summary="Create a purchase order (draft), numbered PO-<year>-<n> per tenant "
                    "(publishes erp.purchase_order.created)",
            body=CreatePurchaseOrder, response=CommandAccepted, status=201,
            errors=(400, 409, 422, 503), headers=(IDEMPOTENCY,))
@@ -251,14 +249,15 @@ async def create_purchase_order(request: Request) -> Response:
     cmd = await rq.body(request, CreatePurchaseOrder)
     saved = await commands.create_purchase_order(
         reads.service(request).runner, await rq.command_context(request),
-        vendor_id=cmd.vendor_id, currency=cmd.currency, requested_by=cmd.requested_by,
+        vendor_id=cmd.vendor_id, currency=cmd.currency, requested_by=principal(request).subject,
         required_by=cmd.required_by.isoformat() if cmd.required_by else None,
         lines=[line.entered() for line in cmd.lines],
     )
     return accepted(saved, created_at=BASE)
 
 
-@operation(summary="Add a line to a draft purchase order", body=Line, response=CommandAccepted,
+@operation(scope="procurement:write",
+           summary="Add a line to a draft purchase order", body=Line, response=CommandAccepted,
            errors=COMMAND_ERRORS, headers=COMMAND_HEADERS)
 async def add_line(request: Request) -> Response:
     cmd = await rq.body(request, Line)
@@ -267,7 +266,8 @@ async def add_line(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Change a line of a draft purchase order", body=UpdateLine,
+@operation(scope="procurement:write",
+           summary="Change a line of a draft purchase order", body=UpdateLine,
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=COMMAND_HEADERS)
 async def update_line(request: Request) -> Response:
     cmd = await rq.body(request, UpdateLine)
@@ -276,7 +276,8 @@ async def update_line(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Remove a line from a draft purchase order", body=RemoveLine,
+@operation(scope="procurement:write",
+           summary="Remove a line from a draft purchase order", body=RemoveLine,
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=COMMAND_HEADERS)
 async def remove_line(request: Request) -> Response:
     cmd = await rq.body(request, RemoveLine)
@@ -285,7 +286,8 @@ async def remove_line(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Submit a draft for approval: the tenant's approval chain sets the roles "
+@operation(scope="procurement:write",
+           summary="Submit a draft for approval: the tenant's approval chain sets the roles "
                    "needed from the amount in KES",
            body=Submit, response=CommandAccepted, errors=COMMAND_ERRORS, headers=COMMAND_HEADERS)
 async def submit(request: Request) -> Response:
@@ -295,25 +297,33 @@ async def submit(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Approve a submitted purchase order for one role (never by its requester)",
+@operation(scope="procurement:write",
+           summary="Approve a submitted purchase order for one role (never by its requester)",
            body=Approve, response=CommandAccepted, errors=COMMAND_ERRORS, headers=COMMAND_HEADERS)
 async def approve(request: Request) -> Response:
     cmd = await rq.body(request, Approve)
+    approver = principal(request)
+    if cmd.role not in approver.roles:
+        raise Forbidden(f"approving for {cmd.role!r} needs that role")
     saved = await commands.approve(reads.service(request).runner, await rq.command_context(request),
-                                   _purchase_order_id(request), cmd.approver_id, cmd.role)
+                                   _purchase_order_id(request), approver.subject, cmd.role)
     return accepted(saved)
 
 
-@operation(summary="Reject a submitted purchase order back to draft", body=Reject,
+@operation(scope="procurement:write",
+           summary="Reject a submitted purchase order back to draft (by a holder of a pending role)",
+           body=Reject,
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=COMMAND_HEADERS)
 async def reject(request: Request) -> Response:
     cmd = await rq.body(request, Reject)
+    rejecter = principal(request)
     saved = await commands.reject(reads.service(request).runner, await rq.command_context(request),
-                                  _purchase_order_id(request), cmd.approver_id, cmd.reason)
+                                  _purchase_order_id(request), rejecter.subject, rejecter.roles, cmd.reason)
     return accepted(saved)
 
 
-@operation(summary="Record a goods receipt against an approved order, within the tenant's "
+@operation(scope="procurement:write",
+           summary="Record a goods receipt against an approved order, within the tenant's "
                    "over-receipt tolerance (publishes erp.purchase_order.goods_received, and "
                    "erp.purchase_order.received once every line is in)",
            body=Receive, response=CommandAccepted, errors=COMMAND_ERRORS, headers=COMMAND_HEADERS)
@@ -328,7 +338,8 @@ async def receive(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Cancel a purchase order before any goods arrive", body=Cancel,
+@operation(scope="procurement:write",
+           summary="Cancel a purchase order before any goods arrive", body=Cancel,
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=COMMAND_HEADERS)
 async def cancel(request: Request) -> Response:
     cmd = await rq.body(request, Cancel)
@@ -337,7 +348,8 @@ async def cancel(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="Close a received order, or short-close a partly received one with a reason",
+@operation(scope="procurement:write",
+           summary="Close a received order, or short-close a partly received one with a reason",
            body=Close, response=CommandAccepted, errors=COMMAND_ERRORS, headers=COMMAND_HEADERS)
 async def close(request: Request) -> Response:
     cmd = await rq.body(request, Close)
@@ -346,7 +358,8 @@ async def close(request: Request) -> Response:
     return accepted(saved)
 
 
-@operation(summary="List purchase orders, newest first", query=ListQuery,
+@operation(scope="procurement:read",
+           summary="List purchase orders, newest first", query=ListQuery,
            response=PurchaseOrderPage, errors=(400, 422, 503))
 async def list_purchase_orders(request: Request) -> Response:
     params = rq.query(request, ListQuery)
@@ -361,7 +374,8 @@ async def list_purchase_orders(request: Request) -> Response:
     })
 
 
-@operation(summary="One purchase order with its lines and goods receipts", query=ReadQuery,
+@operation(scope="procurement:read",
+           summary="One purchase order with its lines and goods receipts", query=ReadQuery,
            response=PurchaseOrderDetail, errors=(400, 404, 422, 503))
 async def get_purchase_order(request: Request) -> Response:
     await reads.caught_up(request, PROJECTION, rq.query(request, ReadQuery))
@@ -399,7 +413,8 @@ async def get_purchase_order(request: Request) -> Response:
                 headers={"ETag": f'"{found[0]["version"]}"'})
 
 
-@operation(summary="A vendor's open commitments per currency: the value not yet received of "
+@operation(scope="procurement:read",
+           summary="A vendor's open commitments per currency: the value not yet received of "
                    "its approved and partly received orders",
            query=ReadQuery, response=Commitments, errors=(400, 422, 503))
 async def vendor_commitments(request: Request) -> Response:

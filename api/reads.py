@@ -10,6 +10,7 @@ from starlette.requests import Request
 from api.problems import BadRequest
 from api.requests import tenant
 from erp.bootstrap import Service
+from projections.tenancy import tenant_rows
 
 
 class ReadQuery(BaseModel):
@@ -40,10 +41,9 @@ async def caught_up(request: Request, projection: str, params: ReadQuery) -> int
 
 
 async def rows(request: Request, sql: str, args: Any) -> list[dict[str, Any]]:
-    async with service(request).read_pool.connection() as conn:
-        cur = await conn.execute(sql, args)
-        names = [column.name for column in cur.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+    """Rows of a read-model query; the database shows it only the request's tenant's rows."""
+    names, found = await tenant_rows(service(request).read_pool, tenant(request), sql, args)
+    return [dict(zip(names, row, strict=True)) for row in found]
 
 
 def filters(request: Request, params: BaseModel, names: tuple[str, ...]) -> tuple[list[str], list[Any]]:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.auth import principal
 from api.problems import BadRequest, InvalidRequest
 from api.responses import JSON
 from erp.commands import CommandContext
@@ -81,6 +82,7 @@ async def command_context(request: Request) -> CommandContext:
             tenant_id=tenant(request),
             correlation_id=request.state.correlation_id,
             causation_id=request.state.request_id,
+            actor=principal(request).subject,
         ),
         expected_version=expected,
     )

@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
+from erp import api_keys, credentials
 from erp.commands import CommandRunner
 from erp.embedded import EmbeddedNats, EmbeddedPostgres
 from erp.eventstore import ErpEventStore, GroupCommitter, close_store, store_for
@@ -25,6 +26,7 @@ from projections.payroll import PayrollProjection
 from projections.positions import ReadModelPositions
 from projections.purchase_orders import PurchaseOrdersProjection
 from projections.runner import ProjectorRunner, ensure_schema
+from projections.tenancy import as_api_role, isolate_tenants
 from projections.work_orders import BomsProjection, WorkOrdersProjection
 from streams.jetstream import connect, ensure_stream
 from streams.leadership import lead, stop_tasks
@@ -74,6 +76,7 @@ class Service:
     nc: NATS = field(init=False)
     js: JetStreamContext = field(init=False)
     read_pool: AsyncConnectionPool[Any] = field(init=False)
+    keyring: credentials.Keyring | None = field(init=False, default=None)  # tier-1 master keys
     positions: ReadModelPositions = field(init=False)
     relay: Relay | None = field(init=False, default=None)
     projectors: list[ProjectorRunner] = field(init=False, default_factory=list)
@@ -82,17 +85,22 @@ class Service:
 
     async def start(self) -> None:
         s, url = self.settings, self.endpoints.database_url
+        if s.secret_keys is not None or s.secret_keys_file is not None:
+            self.keyring = credentials.Keyring.from_settings(s)  # a bad keyring stops the start
         self.store = await asyncio.to_thread(store_for, url, s.db_pool_size)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             for projection in all_projections():
                 await ensure_schema(conn, projection)
+            await api_keys.ensure_schema(conn)
+            await credentials.ensure_schema(conn)
+            await isolate_tenants(conn)
         self.committer = GroupCommitter(self.store, s.group_commit_max)
         self.runner = CommandRunner(self.store, self.committer, s.command_retries)
         self.nc = await connect(self.endpoints.nats_url, name="erp-service")
         self.js = self.nc.jetstream(publish_async_max_pending=4000)
         await ensure_stream(self.js, s.stream, s.stream_replicas)
         self.read_pool = AsyncConnectionPool(
-            url, min_size=1, max_size=s.db_pool_size, open=False,
+            url, min_size=1, max_size=s.db_pool_size, open=False, configure=as_api_role,
             kwargs={"autocommit": True, "application_name": "erp-api"},
         )
         await self.read_pool.open()

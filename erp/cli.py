@@ -8,8 +8,10 @@ import signal
 import click
 import structlog
 
-from erp import logs
+from erp import api_keys, logs
 from erp.bootstrap import Endpoints, Service, servers
+from erp.cli_secrets import on_database, secrets
+from erp.identity import ALL_SCOPES, ROLE_SCOPES, dev_private_key, mint
 from erp.settings import Settings
 
 log = structlog.get_logger("erp")
@@ -38,7 +40,8 @@ def serve(host: str, port: int, workers_only: bool) -> None:
         # uvicorn re-raises SIGTERM after its graceful shutdown; as an exception it lets the
         # embedded servers stop too, where the default action would kill us first.
         signal.signal(signal.SIGTERM, _exit_on_signal)
-        app = create_app(Service(settings, endpoints))
+        embedded = settings.database_url is None and settings.nats_url is None
+        app = create_app(Service(settings, endpoints), embedded=embedded)
         log.info("serving", url=f"http://{host}:{port}", openapi=f"http://{host}:{port}/openapi.json")
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                     lifespan="on", timeout_graceful_shutdown=10)
@@ -58,6 +61,57 @@ def project() -> None:
     logs.configure(settings.log_level, json=settings.log_json)
     with servers(settings) as endpoints:
         _run_until_signal(settings, endpoints)
+
+
+@main.command("dev-token", help="Mint a development token, trusted only by `erp serve` on embedded "
+                                 "servers without ERP_JWT_* settings.")
+@click.option("--tenant", required=True, help="The tenant_id claim.")
+@click.option("--role", "roles", multiple=True, default=("erp.admin",), show_default=True,
+              help=f"A role (repeat for more): {', '.join(sorted(ROLE_SCOPES))}, or an approval role.")
+@click.option("--subject", default="dev-user", show_default=True, help="The user id (sub).")
+@click.option("--ttl", default=3600, show_default=True, type=click.IntRange(60, 86_400), help="Seconds.")
+def dev_token(tenant: str, roles: tuple[str, ...], subject: str, ttl: int) -> None:
+    key = dev_private_key(Settings().data_dir)
+    click.echo(mint(key, tenant_id=tenant, subject=subject, roles=roles, ttl_seconds=ttl))
+
+
+@main.group("api-keys", help="Service-to-service API keys (needs ERP_DATABASE_URL).")
+def api_keys_group() -> None:
+    pass
+
+
+@api_keys_group.command("create", help="Create a key for a platform service; it is shown once.")
+@click.argument("owner")
+@click.option("--scope", "scopes", multiple=True, required=True,
+              help=f"A permission (repeat for more): {', '.join(sorted(ALL_SCOPES))}.")
+@click.option("--tenant", default=None, help="Pin the key to one tenant (default: X-Tenant-ID names it).")
+def create_api_key(owner: str, scopes: tuple[str, ...], tenant: str | None) -> None:
+    try:
+        secret, key = on_database(Settings(), lambda conn: api_keys.create(conn, owner, list(scopes), tenant))
+    except api_keys.InvalidKeyRequest as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(secret)
+    click.echo(f"key {key.prefix} for {key.owner}: {', '.join(key.scopes)}"
+               f"{f' (tenant {tenant})' if tenant else ''}. Store it now: it is not shown again.", err=True)
+
+
+@api_keys_group.command("list", help="Keys by prefix, owner and scopes (never the secrets).")
+def list_api_keys() -> None:
+    for key in on_database(Settings(), api_keys.listed):
+        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        click.echo(f"{key.prefix}  {key.owner}  {','.join(key.scopes)}  tenant={key.tenant_id or '*'}  "
+                   f"created {key.created_at:%Y-%m-%d %H:%M}  {state}")
+
+
+@api_keys_group.command("revoke", help="Revoke a key by its prefix (refused within 30 s everywhere).")
+@click.argument("prefix")
+def revoke_api_key(prefix: str) -> None:
+    if not on_database(Settings(), lambda conn: api_keys.revoke(conn, prefix)):
+        raise click.ClickException(f"no active key with prefix {prefix}")
+    click.echo(f"revoked {prefix}")
+
+
+main.add_command(secrets)
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:

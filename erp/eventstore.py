@@ -43,13 +43,17 @@ class EventMetadata:
     tenant_id: str
     correlation_id: str
     causation_id: str
+    actor: str = ""  # who asked: a user id, or service:<name> (empty for internal work)
 
     def as_dict(self) -> dict[str, str]:
-        return {
+        found = {
             "tenant_id": self.tenant_id,
             "correlation_id": self.correlation_id,
             "causation_id": self.causation_id,
         }
+        if self.actor:
+            found["actor"] = self.actor
+        return found
 
 
 def stamp(aggregate: Aggregate, metadata: EventMetadata) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +42,26 @@ class Settings(BaseSettings):
         default=3, ge=0, description="Transparent retries of a command after a version clash."
     )
     group_commit_max: int = Field(default=256, ge=1, description="Commands saved per transaction.")
+    jwt_jwks_url: str | None = Field(
+        default=None, description="The auth service's JWKS URL (keys cached, refetched on an unknown kid)."
+    )
+    jwt_public_key: Path | None = Field(
+        default=None, description="Or a PEM file with the auth service's public key (RSA or EC P-256)."
+    )
+    jwt_issuer: str | None = Field(default=None, description="Required `iss` of tokens.")
+    jwt_audience: str | None = Field(default=None, description="Required `aud` of tokens.")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted.")
     read_wait_max_seconds: float = Field(
         default=5.0, gt=0, description="Longest a query may wait for its read model to catch up."
+    )
+
+    secret_keys: SecretStr | None = Field(
+        default=None,
+        description="Tier-1 master keys `id:BASE64KEY,...` (32-byte AES keys); the first "
+        "encrypts, all decrypt. Never stored in the database.",
+    )
+    secret_keys_file: Path | None = Field(
+        default=None,
+        description="File holding the Tier-1 master keys, one `id:BASE64KEY` per line "
+        "(a Kubernetes secret in production); instead of secret_keys.",
     )

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from aggregates.statutory import first_day, last_day
 from projections.base import Delivered
 from projections.positions import ReadModelPositions
+from projections.tenancy import tenant_rows
 from streams.events import hrm as h
 
 NAME = "payroll"
@@ -281,6 +282,6 @@ class EmployeeRoster:
 
     async def employee_ids(self, tenant_id: str, period: str) -> list[UUID]:
         await self._positions.wait(NAME, await self._log_head(), self._wait_seconds)
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(_ROSTER, (tenant_id, last_day(period), first_day(period)))
-            return [row[0] for row in await cur.fetchall()]
+        _, found = await tenant_rows(self._pool, tenant_id, _ROSTER,
+                                     (tenant_id, last_day(period), first_day(period)))
+        return [row[0] for row in found]

@@ -21,12 +21,18 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from nats.js.errors import NotFoundError
 
 import nats
 from api.app import create_app
 from erp.bootstrap import Endpoints, Service
+from erp.commands import CommandContext, tenancy
+from erp.credentials import new_key
 from erp.embedded import EmbeddedNats, EmbeddedPostgres
+from erp.eventstore import EventMetadata
+from erp.identity import mint
 from erp.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,10 +90,48 @@ async def endpoints(servers: Endpoints, database_url: str) -> Endpoints:
     return Endpoints(database_url, servers.nats_url)
 
 
+# Test fixture keys only: the "auth service" of the suite, made fresh for each run.
+ISSUER = "https://auth.test"
+AUDIENCE = "erp-service"
+AUTH_KEY = ec.generate_private_key(ec.SECP256R1())
+_PUBLIC_KEY_FILE = ROOT / ".erp-data" / f"test-auth-key-{os.getpid()}.pem"
+
+
+def _public_key_file() -> Path:
+    if not _PUBLIC_KEY_FILE.exists():
+        _PUBLIC_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+        _PUBLIC_KEY_FILE.write_bytes(AUTH_KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return _PUBLIC_KEY_FILE
+
+
+SECRET_KEYS = f"test1:{new_key()}"  # a test fixture master key, made fresh for each run
+EVERYTHING = ("erp.superuser",)
+
+
+def token(tenant: str = "tenant-a", roles: tuple[str, ...] = EVERYTHING, subject: str = "user-1",
+          **claims: Any) -> str:
+    return mint(AUTH_KEY, tenant_id=tenant, subject=subject, roles=roles, issuer=ISSUER,
+                audience=AUDIENCE, **claims)
+
+
+def as_user(tenant: str = "tenant-a", roles: tuple[str, ...] = EVERYTHING, subject: str = "user-1",
+            **headers: str) -> dict[str, str]:
+    """Request headers of a signed-in user of `tenant` holding `roles`."""
+    return {"Authorization": f"Bearer {token(tenant, roles, subject)}", **headers}
+
+
 def settings(**overrides: Any) -> Settings:
-    base: dict[str, Any] = {"relay_idle_catch_up_seconds": 1.0}
+    base: dict[str, Any] = {"relay_idle_catch_up_seconds": 1.0, "jwt_public_key": _public_key_file(),
+                            "jwt_issuer": ISSUER, "jwt_audience": AUDIENCE, "secret_keys": SECRET_KEYS}
     base.update(overrides)
     return Settings(**base)
+
+
+async def register_tenants(service: Service, *tenants: str) -> None:
+    for tenant in tenants:
+        ctx = CommandContext(tenant, EventMetadata(tenant, f"register-{tenant}", f"register-{tenant}"))
+        await tenancy.register(service.runner, ctx, name=f"{tenant} Ltd")
 
 
 @pytest.fixture
@@ -100,11 +144,12 @@ async def service(endpoints: Endpoints) -> AsyncIterator[Service]:
 
 @pytest.fixture
 async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    """Signed in as user-1 of tenant-a with every role; tenant-a and tenant-b are registered."""
+    await register_tenants(service, "tenant-a", "tenant-b")
     app = create_app(service)  # the fixture runs the service; the app's lifespan is not used
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(
-        transport=transport, base_url="http://erp.test",
-        headers={"X-Tenant-ID": "tenant-a"},
+        transport=transport, base_url="http://erp.test", headers=as_user(),
     ) as http:
         yield http
 

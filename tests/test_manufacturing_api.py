@@ -3,6 +3,7 @@ work orders from release to completion, the rules that refuse, and idempotent co
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ import psycopg
 import pytest
 
 from erp.bootstrap import Service, all_projections
-from tests.conftest import read_stream
+from tests.conftest import as_user, read_stream
 
 BOMS = "/api/v1/manufacturing/boms"
 WORK_ORDERS = "/api/v1/manufacturing/work-orders"
@@ -40,12 +41,9 @@ async def projected(service: Service) -> AsyncIterator[None]:
     message arrives at the same moment (CPython gh-86296).
     """
     yield
-    async with service.read_pool.connection() as conn:
-        cur = await conn.execute("SELECT coalesce(max(notification_id), 0) FROM erp_events")
-        row = await cur.fetchone()
-    assert row is not None
+    head = await asyncio.to_thread(service.store.recorder.max_notification_id)
     for projection in all_projections():
-        await service.positions.wait(projection.name, int(row[0]), 10.0)
+        await service.positions.wait(projection.name, head or 0, 10.0)
 
 
 async def post(client: httpx.AsyncClient, path: str, body: dict[str, Any] | None = None,
@@ -253,7 +251,7 @@ async def test_the_same_idempotency_key_answers_the_first_result(
 async def test_another_tenants_work_order_and_bill_are_not_found(client: httpx.AsyncClient) -> None:
     bom = await post(client, f"{BOMS}/cake/versions", CAKE)
     created = await post(client, WORK_ORDERS, {"product_id": "cake", "planned_quantity": 5})
-    wid, other = created["id"], {"X-Tenant-ID": "tenant-b"}
+    wid, other = created["id"], as_user("tenant-b")
     params = {"min_position": created["log_position"]}
     assert (await client.post(f"{WORK_ORDERS}/{wid}/release", json={}, headers=other)).status_code == 404
     assert (await client.get(f"{WORK_ORDERS}/{wid}", params=params, headers=other)).status_code == 404

@@ -10,6 +10,7 @@ import pytest
 from aggregates.errors import InvalidValue
 from aggregates.statutory import payslip, rules_for
 from aggregates.tenant_settings import InvalidStatutoryOverride, Stage, TenantSettings
+from tests.conftest import as_user
 
 
 def test_a_tenant_starts_with_the_defaults() -> None:
@@ -54,7 +55,30 @@ async def test_overrides_are_set_and_shown_through_the_api(client: httpx.AsyncCl
     assert shown["statutory_overrides"] == [{"effective_from": "2026-05",
                                              "source": "collective agreement",
                                              "changes": {"housing_levy_employer_rate": 0.02}}]
-    assert shown["version"] == 2
+    assert shown["version"] == response.json()["version"] == 3  # initialised, described, overridden
+    history = (await client.get("/api/v1/settings/history")).json()["changes"]
+    assert [(c["version"], c["change"], c["changed_by"]) for c in history] == [
+        (1, "Initialised", ""), (2, "Described", ""), (3, "StatutoryOverridden", "user-1")]
+    assert history[2]["details"]["changes"] == {"housing_levy_employer_rate": 0.02}
     bad = await client.post("/api/v1/settings/statutory-overrides", json={
         "effective_from": "2026-13", "source": "x", "changes": {"shif_rate": 0.03}})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.effective_from"
+
+
+async def test_business_terms_are_validated_versioned_and_attributed(client: httpx.AsyncClient) -> None:
+    terms = {"currency": "USD", "payment_terms_days": 45,
+             "notifications": {"payroll.processed": ["email", "sms"]}}
+    changed = await client.post("/api/v1/settings/business-terms", json=terms,
+                                headers=as_user(subject="admin-7", roles=("erp.admin",)))
+    assert changed.status_code == 200, changed.text
+    shown = (await client.get("/api/v1/settings")).json()
+    assert (shown["currency"], shown["payment_terms_days"], shown["notifications"]) == (
+        "USD", 45, {"payroll.processed": ["email", "sms"]})
+    last = (await client.get("/api/v1/settings/history")).json()["changes"][-1]
+    assert (last["change"], last["changed_by"]) == ("BusinessTermsConfigured", "admin-7")
+    unknown = await client.post("/api/v1/settings/business-terms",
+                                json={**terms, "notifications": {"lunch.served": ["email"]}})
+    assert unknown.status_code == 422 and unknown.json()["rule"] == "InvalidBusinessTerms"
+    viewer = await client.post("/api/v1/settings/business-terms", json=terms,
+                               headers=as_user(roles=("erp.viewer",)))
+    assert viewer.status_code == 403  # tier 2 is for tenant admins

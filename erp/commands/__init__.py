@@ -9,6 +9,7 @@ and answers a repeated Idempotency-Key with the first result.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -28,17 +29,39 @@ from erp.eventstore import (
     stamp,
 )
 from erp.idempotency import IdempotencyKey, IdempotencyKeyReused, IdempotencyRecord
+from erp.identity import Forbidden
 
 A = TypeVar("A", bound=Aggregate)
+TENANT_CACHE_SECONDS = 30.0  # a suspension stops commands within this long in every process
 
 
 class NotFound(Exception):
-    def __init__(self, kind: str, aggregate_id: UUID) -> None:
+    def __init__(self, kind: str, aggregate_id: UUID | str) -> None:
         super().__init__(f"{kind} {aggregate_id} not found")
 
 
 class StaleVersion(VersionConflict):
     """The client's expected version (If-Match) is not the current one."""
+
+
+class UnknownTenant(Forbidden):
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__(f"tenant {tenant_id!r} is not registered with the ERP service (the auth "
+                         "service registers tenants with auth.tenant.created)")
+
+
+class TenantSuspended(Forbidden):
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__(f"tenant {tenant_id!r} is suspended: it cannot change anything")
+
+
+class NothingChanged(Exception):
+    """The command found everything already as asked (e.g. a repeated announcement)."""
+
+    def __init__(self, aggregate: Aggregate) -> None:
+        super().__init__(f"{kind_name(type(aggregate))} {aggregate.id} already as asked")
+        self.aggregate_id = aggregate.id
+        self.version = aggregate.version
 
 
 def kind_name(kind: type) -> str:
@@ -88,9 +111,11 @@ class Loader:
         return aggregate
 
     def settings(self) -> TenantSettings:
-        """The tenant's settings, or the defaults if it never configured any."""
+        """The tenant and its settings; refused for a tenant the auth service never announced."""
         found = self.find(TenantSettings, TenantSettings.id_for(self.tenant_id))
-        return found or TenantSettings(tenant_id=self.tenant_id)
+        if found is None:
+            raise UnknownTenant(self.tenant_id)
+        return found
 
 
 Decision = Callable[[Loader], Aggregate | Sequence[Aggregate]]
@@ -101,20 +126,26 @@ class CommandRunner:
         self.store = store
         self._committer = committer
         self._retries = retries
+        self._active_tenants: dict[str, float] = {}  # tenant -> when last seen active
 
-    async def execute(self, ctx: CommandContext, decide: Decision) -> Saved:
+    async def execute(
+        self, ctx: CommandContext, decide: Decision, *, registers_tenant: bool = False
+    ) -> Saved:
         """Runs `decide` and saves every aggregate it changed, in one transaction; answers
-        the first aggregate's version and log position."""
+        the first aggregate's version and log position. Refused for an unknown or suspended
+        tenant, unless the command is the one that registers it."""
         replayed = await self._replay(ctx)
         if replayed is not None:
             return replayed
+        if not registers_tenant:
+            await self._check_tenant(ctx.tenant_id)
         for attempt in range(self._retries + 1):
             load = Loader(self.store, ctx.tenant_id, ctx.expected_version)
             decided = await asyncio.to_thread(decide, load)
             aggregates = (decided,) if isinstance(decided, Aggregate) else tuple(decided)
             changed = tuple(a for a in aggregates if a.pending_events)
             if not changed:
-                raise AssertionError("a command must change something")  # pragma: no cover
+                raise NothingChanged(aggregates[0])
             for aggregate in changed:
                 stamp(aggregate, ctx.metadata)
             key = None
@@ -130,6 +161,15 @@ class CommandRunner:
                 if ctx.expected_version is not None or attempt == self._retries:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _check_tenant(self, tenant_id: str) -> None:
+        seen = self._active_tenants.get(tenant_id)
+        if seen is not None and time.monotonic() - seen < TENANT_CACHE_SECONDS:
+            return
+        tenant = await asyncio.to_thread(Loader(self.store, tenant_id).settings)
+        if tenant.status != "active":
+            raise TenantSuspended(tenant_id)
+        self._active_tenants[tenant_id] = time.monotonic()
 
     async def _replay(self, ctx: CommandContext) -> Saved | None:
         if ctx.idempotency is None:

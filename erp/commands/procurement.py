@@ -17,6 +17,7 @@ from aggregates.numbering import DocumentSeries
 from aggregates.purchase_order import LineRef, OrderLine, PurchaseOrder
 from erp.commands import CommandContext, CommandRunner, Loader
 from erp.eventstore import Saved
+from erp.identity import Forbidden
 
 SERIES_PREFIX = "PO"
 
@@ -112,10 +113,12 @@ async def approve(
 
 async def reject(
     runner: CommandRunner, ctx: CommandContext, purchase_order_id: UUID, approver_id: str,
-    reason: str,
+    roles: frozenset[str], reason: str,
 ) -> Saved:
     def decide(load: Loader) -> PurchaseOrder:
         order = load.target(PurchaseOrder, purchase_order_id)
+        if not roles & set(order.pending_roles):
+            raise Forbidden(f"rejecting needs one of the pending roles: {', '.join(order.pending_roles)}")
         order.reject(approver_id, reason)
         return order
 

@@ -50,6 +50,19 @@ class StatutoryOverridden(msgspec.Struct, frozen=True, kw_only=True):
     changes: dict[str, Decimal]
 
 
+class TenantDescribed(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_settings_id: UUID
+    name: str
+    status: str  # active | suspended
+
+
+class BusinessTermsConfigured(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_settings_id: UUID
+    currency: str
+    payment_terms_days: int
+    notifications: dict[str, list[str]]  # notifiable event -> channels
+
+
 class SeriesStarted(msgspec.Struct, frozen=True, kw_only=True):
     series_id: UUID
     prefix: str
@@ -84,6 +97,14 @@ PUBLICATIONS: dict[type, Publication] = {
         lambda e: StatutoryOverridden(tenant_settings_id=e.originator_id,
                                       effective_from=e.effective_from, source=e.source,
                                       changes=e.changes)),
+    domain_event(TenantSettings, "Described"): Publication(
+        "erp.tenant_settings.described", TenantDescribed, "tenant_settings",
+        lambda e: TenantDescribed(tenant_settings_id=e.originator_id, name=e.name, status=e.status)),
+    domain_event(TenantSettings, "BusinessTermsConfigured"): Publication(
+        "erp.tenant_settings.business_terms_configured", BusinessTermsConfigured, "tenant_settings",
+        lambda e: BusinessTermsConfigured(tenant_settings_id=e.originator_id, currency=e.currency,
+                                          payment_terms_days=e.payment_terms_days,
+                                          notifications=e.notifications)),
     domain_event(DocumentSeries, "Started"): Publication(
         "erp.document_series.started", SeriesStarted, "document_series",
         lambda e: SeriesStarted(series_id=e.originator_id, prefix=e.prefix, year=e.year)),
