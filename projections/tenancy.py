@@ -16,9 +16,10 @@ from psycopg_pool import AsyncConnectionPool
 API_ROLE = "erp_api"
 POLICY = "tenant_isolation"
 # Tables with a tenant_id that are the write side's, never read by the API.
-NOT_READ_MODELS = frozenset({"idempotency_keys", "tier1_credentials"})
-# Tables without tenant rows that the API reads (positions, key lookup).
-SHARED_READS = ("projection_checkpoints", "api_keys")
+WRITE_SIDE = frozenset({"idempotency_keys", "tier1_credentials"})
+# Tables the API reads across tenants: positions, and API keys (found before a tenant is known).
+SHARED_READS = frozenset({"projection_checkpoints", "api_keys"})
+NOT_READ_MODELS = WRITE_SIDE | SHARED_READS
 
 _CREATE_ROLE = f"""
 DO $$ BEGIN
