@@ -189,7 +189,8 @@ def _cents(amount: Decimal) -> Decimal:
 
 
 def _allowance(base: Decimal, percent: Decimal) -> Decimal:
-    return (base * (100 + percent) / 100).quantize(QUANTITY, ROUND_HALF_UP)
+    # Rounded down: a tolerance is a ceiling (0.109 + 10 % allows 0.119, not 0.120).
+    return (base * (100 + percent) / 100).quantize(QUANTITY, ROUND_DOWN)
 
 
 class WorkOrder(Aggregate):

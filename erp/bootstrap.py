@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
 from erp import api_keys, credentials
-from erp.commands import CommandRunner
+from erp.commands import CommandContext, CommandRunner, tenancy
 from erp.embedded import EmbeddedNats, EmbeddedPostgres
 from erp.eventstore import ErpEventStore, GroupCommitter, close_store, store_for
 from erp.settings import Settings
@@ -27,7 +27,11 @@ from projections.positions import ReadModelPositions
 from projections.purchase_orders import PurchaseOrdersProjection
 from projections.runner import ProjectorRunner, ensure_schema
 from projections.tenancy import as_api_role, isolate_tenants
+from projections.users import UsersProjection
 from projections.work_orders import BomsProjection, WorkOrdersProjection
+from streams.envelope import Envelope
+from streams.events.auth import TenantAnnounced, UserAnnounced
+from streams.inbound import InboundConsumer, Subscription
 from streams.jetstream import connect, ensure_stream
 from streams.leadership import lead, stop_tasks
 from streams.relay import Relay
@@ -35,9 +39,26 @@ from streams.relay import Relay
 log = structlog.get_logger("erp")
 
 
+def auth_subscriptions(runner: CommandRunner) -> list[Subscription]:
+    """The auth service's announcements: a tenant is registered (with default settings)
+    when it is created, and users' references follow their accounts."""
+
+    async def tenant(event: Envelope[TenantAnnounced], ctx: CommandContext) -> object:
+        return await tenancy.register(runner, ctx, event.data.name, event.data.status)
+
+    async def user(event: Envelope[UserAnnounced], ctx: CommandContext) -> object:
+        data = event.data
+        return await tenancy.sync_user(runner, ctx, data.user_id, data.email, data.name, data.active)
+
+    return [Subscription("auth.tenant.created", TenantAnnounced, tenant),
+            Subscription("auth.tenant.updated", TenantAnnounced, tenant),
+            Subscription("auth.user.created", UserAnnounced, user),
+            Subscription("auth.user.updated", UserAnnounced, user)]
+
+
 def all_projections() -> list[Projection]:
     return [OpportunitiesProjection(), BomsProjection(), WorkOrdersProjection(), PayrollProjection(),
-            PurchaseOrdersProjection()]
+            PurchaseOrdersProjection(), UsersProjection()]
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,7 @@ class Service:
     keyring: credentials.Keyring | None = field(init=False, default=None)  # tier-1 master keys
     positions: ReadModelPositions = field(init=False)
     relay: Relay | None = field(init=False, default=None)
+    inbound: list[InboundConsumer] = field(init=False, default_factory=list)
     projectors: list[ProjectorRunner] = field(init=False, default_factory=list)
     leading: set[str] = field(init=False, default_factory=set)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
@@ -107,6 +129,11 @@ class Service:
         self.positions = ReadModelPositions(url)
         self._spawn("group-commit", self.committer.run())
         self._spawn("positions", self.positions.run())
+        if s.run_inbound:
+            consumer = InboundConsumer(self.js, s.auth_stream, "erp-auth", auth_subscriptions(self.runner),
+                                       max_deliver=s.inbound_max_deliver)
+            self.inbound.append(consumer)
+            self._spawn("inbound:auth", consumer.run())
         if s.run_relay:
             self.relay = Relay(
                 self.store, url, self.nc, s.stream, batch_size=s.relay_batch_size,

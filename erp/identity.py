@@ -31,13 +31,13 @@ DEV_AUDIENCE = "erp"
 # Scopes are what a route requires; roles in a token grant scopes (a token or API key may
 # also carry scopes directly). PO approval roles are the tenant's own (its approval chain)
 # and are checked by the purchase order itself.
-MODULES = ("crm", "procurement", "hrm", "manufacturing", "settings")
+MODULES = ("crm", "procurement", "hrm", "manufacturing", "settings", "users")
 READ_ALL = frozenset(f"{m}:read" for m in MODULES)
 WRITE_ALL = frozenset(f"{m}:write" for m in MODULES)
 ROLE_SCOPES: Mapping[str, frozenset[str]] = {
     "erp.viewer": READ_ALL,
-    "erp.admin": READ_ALL | WRITE_ALL | {"payroll:process", "users:sync"},
-    "erp.superuser": READ_ALL | WRITE_ALL | {"payroll:process", "users:sync", "credentials:manage"},
+    "erp.admin": READ_ALL | WRITE_ALL | {"payroll:process"},
+    "erp.superuser": READ_ALL | WRITE_ALL | {"payroll:process", "credentials:manage"},
     "crm.user": frozenset({"crm:read", "crm:write"}),
     "procurement.user": frozenset({"procurement:read", "procurement:write"}),
     "hr.user": frozenset({"hrm:read", "hrm:write"}),

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
 
     run_relay: bool = Field(default=True, description="Take part in relay leadership.")
     run_projectors: bool = Field(default=True, description="Take part in projector leadership.")
+    run_inbound: bool = Field(default=True, description="Consume other services' events.")
+    auth_stream: str = Field(default="AUTH", description="The auth service's JetStream stream.")
+    inbound_max_deliver: int = Field(
+        default=8, ge=1, description="Attempts at an inbound event before it is given up."
+    )
 
     relay_batch_size: int = Field(default=2000, ge=1, le=4000)
     relay_idle_catch_up_seconds: float = Field(

@@ -8,6 +8,7 @@ Each test gets a database of its own and an empty ERP stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import shutil
@@ -82,9 +83,9 @@ async def endpoints(servers: Endpoints, database_url: str) -> Endpoints:
     """A fresh database and no ERP stream yet (the service creates it)."""
     nc = await nats.connect(servers.nats_url)
     try:
-        await nc.jetstream().delete_stream("ERP")
-    except NotFoundError:
-        pass
+        for stream in ("ERP", "AUTH"):
+            with contextlib.suppress(NotFoundError):
+                await nc.jetstream().delete_stream(stream)
     finally:
         await nc.close()
     return Endpoints(database_url, servers.nats_url)

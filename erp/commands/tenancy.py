@@ -1,8 +1,9 @@
-"""Tenants: registered and kept up to date from the auth service's announcements."""
+"""Tenants and their users' references, kept up to date from the auth service's announcements."""
 
 from __future__ import annotations
 
 from aggregates.tenant_settings import TenantSettings
+from aggregates.user_reference import UserReference
 from erp.commands import CommandContext, CommandRunner, Loader
 from erp.eventstore import Saved
 
@@ -19,3 +20,18 @@ async def register(runner: CommandRunner, ctx: CommandContext, name: str, status
         return tenant
 
     return await runner.execute(ctx, decide, registers_tenant=True)
+
+
+async def sync_user(runner: CommandRunner, ctx: CommandContext, user_id: str, email: str, name: str,
+                    active: bool = True) -> Saved:
+    """Creates or updates the reference to one of the tenant's users; raises `NothingChanged`
+    when it already holds these fields."""
+
+    def decide(load: Loader) -> UserReference:
+        user = load.find(UserReference, UserReference.id_for(ctx.tenant_id, user_id))
+        if user is None:
+            return UserReference.reference(ctx.tenant_id, user_id, email, name, active)
+        user.sync(email, name, active)
+        return user
+
+    return await runner.execute(ctx, decide)

@@ -1,4 +1,5 @@
-"""Tenant-wide records on the wire: business settings and document number series."""
+"""Tenant-wide records on the wire: the tenant and its settings, user references and
+document number series."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import msgspec
 
 from aggregates.numbering import DocumentSeries
 from aggregates.tenant_settings import TenantSettings
+from aggregates.user_reference import UserReference
 from streams.events.base import Publication, domain_event
 
 
@@ -63,6 +65,14 @@ class BusinessTermsConfigured(msgspec.Struct, frozen=True, kw_only=True):
     notifications: dict[str, list[str]]  # notifiable event -> channels
 
 
+class UserReferenced(msgspec.Struct, frozen=True, kw_only=True):
+    user_reference_id: UUID
+    user_id: str
+    email: str
+    name: str
+    active: bool
+
+
 class SeriesStarted(msgspec.Struct, frozen=True, kw_only=True):
     series_id: UUID
     prefix: str
@@ -105,6 +115,14 @@ PUBLICATIONS: dict[type, Publication] = {
         lambda e: BusinessTermsConfigured(tenant_settings_id=e.originator_id, currency=e.currency,
                                           payment_terms_days=e.payment_terms_days,
                                           notifications=e.notifications)),
+    domain_event(UserReference, "Referenced"): Publication(
+        "erp.user_reference.referenced", UserReferenced, "user_reference",
+        lambda e: UserReferenced(user_reference_id=e.originator_id, user_id=e.user_id, email=e.email,
+                                 name=e.name, active=e.active)),
+    domain_event(UserReference, "Synced"): Publication(
+        "erp.user_reference.synced", UserReferenced, "user_reference",
+        lambda e: UserReferenced(user_reference_id=e.originator_id, user_id=e.user_id, email=e.email,
+                                 name=e.name, active=e.active)),
     domain_event(DocumentSeries, "Started"): Publication(
         "erp.document_series.started", SeriesStarted, "document_series",
         lambda e: SeriesStarted(series_id=e.originator_id, prefix=e.prefix, year=e.year)),

@@ -1,0 +1,142 @@
+"""Events from other platform services, consumed by a durable JetStream pull consumer.
+
+Delivery is at least once; each effect is a command whose idempotency key is the inbound
+`event_id`, recorded in the transaction that stores the command's events, so a
+redelivery changes nothing twice. A message that can never be handled (malformed, or
+refused by a business rule) is terminated with its reason logged; other failures are
+retried with exponential backoff (1 s doubling to 30 s) up to `max_deliver` attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from aggregates.errors import InvalidValue
+from erp.commands import CommandContext, NothingChanged
+from erp.eventstore import EventMetadata
+from erp.idempotency import IdempotencyKey
+from streams import envelope as env
+
+log = structlog.get_logger("erp.inbound")
+
+BACKOFF_INITIAL_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 30.0
+STREAM_WAIT_SECONDS = 2.0
+
+Handler = Callable[[env.Envelope[Any], CommandContext], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    subject: str
+    payload: type[msgspec.Struct]
+    handle: Handler
+
+
+class Unhandleable(Exception):
+    """This message will never succeed: it is not retried."""
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before delivery `attempt + 1`: 1, 2, 4, ... up to 30."""
+    return float(min(BACKOFF_MAX_SECONDS, BACKOFF_INITIAL_SECONDS * 2 ** (attempt - 1)))
+
+
+def context_of(envelope: env.Envelope[Any], subject: str, raw: bytes) -> CommandContext:
+    """The command context of an inbound event: its tenant, and its event_id as the
+    idempotency key (the effect happens once however often the event is delivered)."""
+    event_id = str(envelope.event_id)
+    return CommandContext(
+        tenant_id=envelope.tenant_id,
+        metadata=EventMetadata(envelope.tenant_id, correlation_id=event_id, causation_id=event_id,
+                               actor=f"service:{subject.split('.')[0]}"),
+        idempotency=IdempotencyKey.of(f"inbound:{event_id}", "EVENT", subject, raw),
+    )
+
+
+class InboundConsumer:
+    def __init__(self, js: JetStreamContext, stream: str, durable: str,
+                 subscriptions: Sequence[Subscription], *, max_deliver: int = 8, batch: int = 64,
+                 ack_wait_seconds: float = 60.0) -> None:
+        self._js = js
+        self._stream = stream
+        self._durable = durable
+        self._by_subject = {s.subject: s for s in subscriptions}
+        self._max_deliver = max_deliver
+        self._batch = batch
+        self._ack_wait = ack_wait_seconds
+        self.handled = 0
+        self.terminated = 0
+
+    async def run(self) -> None:
+        sub = await self._subscribe()
+        log.info("consuming", stream=self._stream, durable=self._durable, subjects=sorted(self._by_subject))
+        while True:
+            try:
+                messages = await sub.fetch(self._batch, timeout=5)
+            except NatsTimeout:
+                continue
+            for msg in messages:
+                await self._deliver(msg)
+
+    async def _subscribe(self) -> Any:
+        config = ConsumerConfig(
+            durable_name=self._durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self._ack_wait, max_deliver=self._max_deliver,
+            filter_subjects=sorted(self._by_subject),
+        )
+        for attempt in itertools.count():  # the peer's stream may not exist yet
+            try:
+                await self._js.add_consumer(self._stream, config)
+                return await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
+            except NotFoundError:
+                if attempt % 30 == 0:
+                    log.info("waiting for the stream", stream=self._stream)
+                await asyncio.sleep(STREAM_WAIT_SECONDS)
+        raise AssertionError("unreachable")
+
+    async def _deliver(self, msg: Any) -> None:
+        attempt = msg.metadata.num_delivered
+        try:
+            await self._handle(msg)
+        except Unhandleable as refused:
+            self.terminated += 1
+            log.error("inbound event refused for good", subject=msg.subject, reason=str(refused),
+                      stream_seq=msg.metadata.sequence.stream)
+            await msg.term()
+        except Exception as error:  # retried: the database or a peer may be back soon
+            delay = backoff(attempt)
+            log.warning("inbound event failed; retrying", subject=msg.subject, attempt=attempt,
+                        max_deliver=self._max_deliver, in_seconds=delay, error=repr(error))
+            await msg.nak(delay=delay)
+        else:
+            self.handled += 1
+            await msg.ack()
+
+    async def _handle(self, msg: Any) -> None:
+        subscription = self._by_subject.get(msg.subject)
+        if subscription is None:
+            raise Unhandleable(f"no handler for {msg.subject}")
+        try:
+            envelope = env.decode(msg.data, subscription.payload)
+        except msgspec.DecodeError as error:  # ValidationError is a DecodeError
+            raise Unhandleable(f"malformed {msg.subject}: {error}") from None
+        if envelope.event_type != msg.subject:
+            raise Unhandleable(f"event_type {envelope.event_type!r} arrived on {msg.subject}")
+        try:
+            await subscription.handle(envelope, context_of(envelope, msg.subject, msg.data))
+        except NothingChanged:
+            pass  # already as announced: a repeat, or an update that changes nothing here
+        except InvalidValue as error:
+            raise Unhandleable(f"{msg.subject} refused: {error}") from None
