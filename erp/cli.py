@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 
 import click
 import structlog
 
+from aggregates.errors import InvalidValue
 from erp import api_keys, logs
 from erp.bootstrap import Endpoints, Service, servers
-from erp.cli_secrets import on_database, secrets
+from erp.cli_secrets import database_url, on_database, secrets
+from erp.commands import NothingChanged, tenancy
+from erp.eventstore import EventMetadata, close_store, store_for
 from erp.identity import ALL_SCOPES, ROLE_SCOPES, dev_private_key, mint
 from erp.settings import Settings
 
@@ -109,6 +113,32 @@ def revoke_api_key(prefix: str) -> None:
     if not on_database(Settings(), lambda conn: api_keys.revoke(conn, prefix)):
         raise click.ClickException(f"no active key with prefix {prefix}")
     click.echo(f"revoked {prefix}")
+
+
+@main.group(help="Tenants (normally registered by the auth service's auth.tenant.created).")
+def tenants() -> None:
+    pass
+
+
+@tenants.command("register", help="Register a tenant, or change its name or status, without the auth "
+                                  "service (local use, or a missed announcement).")
+@click.argument("tenant")
+@click.option("--name", required=True)
+@click.option("--status", type=click.Choice(["active", "suspended"]), default="active", show_default=True)
+def register_tenant(tenant: str, name: str, status: str) -> None:
+    store = store_for(database_url(Settings()), 1)
+    cause = f"cli-{uuid.uuid4()}"
+    try:
+        version = tenancy.register_now(store, tenant, name, status,
+                                       EventMetadata(tenant, cause, cause, actor="cli"))
+    except NothingChanged:
+        click.echo(f"tenant {tenant} is already registered as {name!r} ({status})")
+        return
+    except InvalidValue as error:
+        raise click.UsageError(str(error)) from None
+    finally:
+        close_store(store)
+    click.echo(f"tenant {tenant} registered as {name!r} ({status}), settings version {version}")
 
 
 main.add_command(secrets)

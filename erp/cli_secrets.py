@@ -18,6 +18,7 @@ import psycopg
 
 from erp import api_keys, credentials
 from erp.credentials import CredentialError, CredentialInfo, Keyring
+from erp.embedded import EmbeddedPostgres
 from erp.settings import Settings
 
 T = TypeVar("T")
@@ -101,12 +102,19 @@ def _keyring(settings: Settings) -> Keyring:
         raise click.ClickException(str(error)) from None
 
 
+def database_url(settings: Settings) -> str:
+    """ERP_DATABASE_URL, or the embedded PostgreSQL of an `erp serve` running on this data folder."""
+    url = settings.database_url or EmbeddedPostgres.running_url(settings.data_dir / "postgres")
+    if url is None:
+        raise click.UsageError("ERP_DATABASE_URL must point at the service's database (or run "
+                               "`erp serve` on embedded servers from this folder first)")
+    return url
+
+
 def on_database(settings: Settings, work: Work[T]) -> T:
     """Runs `work` on a connection to the service's database (the CLI's administration
     commands share it); credential errors become clear CLI errors."""
-    url = settings.database_url
-    if url is None:
-        raise click.UsageError("ERP_DATABASE_URL must point at the service's database")
+    url = database_url(settings)
 
     async def run() -> T:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:

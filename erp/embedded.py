@@ -117,6 +117,17 @@ class EmbeddedPostgres(_Server):
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
 
+    @staticmethod
+    def running_url(data_dir: Path, database: str = "erp") -> str | None:
+        """The URL of an embedded PostgreSQL that `erp serve` runs on `data_dir`, if one does
+        (its postmaster.pid names the process and, on line 4, the port)."""
+        try:
+            lines = (data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()
+            os.kill(int(lines[0]), 0)
+            return f"postgresql://postgres@127.0.0.1:{int(lines[3])}/{database}"
+        except (OSError, ValueError, IndexError):
+            return None
+
     def _run_as(self) -> dict[str, str]:
         return {"user": _PG_SYSTEM_USER} if os.geteuid() == 0 else {}
 

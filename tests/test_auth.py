@@ -384,3 +384,41 @@ async def test_responses_carry_security_headers(client: httpx.AsyncClient) -> No
         assert response.headers["x-frame-options"] == "DENY"
         assert response.headers["cache-control"] == "no-store"
         assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+def test_every_route_but_the_public_ones_requires_a_permission() -> None:
+    from starlette.routing import Route
+
+    from api.app import ROUTES
+    from api.auth import PUBLIC_PATHS
+
+    for route in ROUTES:
+        assert isinstance(route, Route)
+        scope = route.endpoint.openapi.scope  # type: ignore[attr-defined]
+        assert (scope is None) == (route.path in PUBLIC_PATHS), route.path
+
+
+async def test_a_tenant_registered_from_the_cli_can_work(client: httpx.AsyncClient, service: Service) -> None:
+    url = service.endpoints.database_url
+    registered = await asyncio.to_thread(cli, url, "tenants", "register", "walk-in", "--name", "Walk In Ltd")
+    assert "registered as 'Walk In Ltd'" in registered.output
+    again = await asyncio.to_thread(cli, url, "tenants", "register", "walk-in", "--name", "Walk In Ltd")
+    assert "already registered" in again.output
+    response = await client.post(OPPORTUNITIES, json={"customer_id": "c", "title": "t", "owner": "o"},
+                                 headers=as_user("walk-in"))
+    assert response.status_code == 201, response.text
+
+
+async def test_a_credential_set_through_the_api_is_never_shown_or_logged(
+    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    value = "kra-itax-password-Zx81!q"
+    path = "/api/v1/integrations/credentials/kra.itax"
+    put = await client.put(path, json={"value": value})
+    assert put.status_code == 200, put.text
+    assert put.json()["hint"] == "••••81!q" and value not in put.text
+    listed = await client.get("/api/v1/integrations/credentials")
+    assert [c["name"] for c in listed.json()["items"]] == ["kra.itax"] and value not in listed.text
+    assert (await client.delete(path)).status_code == 204
+    assert (await client.delete(path)).status_code == 404
+    assert value not in capsys.readouterr().out

@@ -4,22 +4,35 @@ from __future__ import annotations
 
 from aggregates.tenant_settings import TenantSettings
 from aggregates.user_reference import UserReference
-from erp.commands import CommandContext, CommandRunner, Loader
-from erp.eventstore import Saved
+from erp.commands import CommandContext, CommandRunner, Loader, NothingChanged
+from erp.eventstore import ErpEventStore, EventMetadata, Saved, stamp
 
 
 async def register(runner: CommandRunner, ctx: CommandContext, name: str, status: str = "active") -> Saved:
     """Registers the context's tenant with the default settings, or updates its name and
     status; raises `NothingChanged` when it is already as announced."""
 
-    def decide(load: Loader) -> TenantSettings:
-        tenant = load.find(TenantSettings, TenantSettings.id_for(ctx.tenant_id))
-        if tenant is None:
-            tenant = TenantSettings(tenant_id=ctx.tenant_id)
-        tenant.describe(name, status)
-        return tenant
+    return await runner.execute(ctx, lambda load: _registered(load, name, status), registers_tenant=True)
 
-    return await runner.execute(ctx, decide, registers_tenant=True)
+
+def register_now(
+    store: ErpEventStore, tenant_id: str, name: str, status: str, metadata: EventMetadata
+) -> int:
+    """`register` for the CLI, saved at once without a running service; answers the version."""
+    tenant = _registered(Loader(store, tenant_id), name, status)
+    if not tenant.pending_events:
+        raise NothingChanged(tenant)
+    stamp(tenant, metadata)
+    store.save(tenant)
+    return tenant.version
+
+
+def _registered(load: Loader, name: str, status: str) -> TenantSettings:
+    tenant = load.find(TenantSettings, TenantSettings.id_for(load.tenant_id))
+    if tenant is None:
+        tenant = TenantSettings(tenant_id=load.tenant_id)
+    tenant.describe(name, status)
+    return tenant
 
 
 async def sync_user(runner: CommandRunner, ctx: CommandContext, user_id: str, email: str, name: str,
