@@ -9,6 +9,7 @@ values; they never load them. Each change is an event: its history says who chan
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -57,6 +58,7 @@ class InvalidBusinessTerms(InvalidValue):
     pass
 
 
+TENANT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # the auth service's ids: no spaces, no "*"
 TENANT_STATUSES = ("active", "suspended")
 NOTIFICATION_CHANNELS = frozenset({"email", "sms", "push"})
 # Events a tenant may be notified of (the notifications service delivers them).
@@ -84,10 +86,22 @@ def _percent(value: Decimal, field: str) -> Decimal:
     return value
 
 
+def valid_tenant_id(tenant_id: str) -> bool:
+    return TENANT_ID.fullmatch(tenant_id) is not None
+
+
 class TenantSettings(Aggregate):
     @staticmethod
     def id_for(tenant_id: str) -> UUID:
         return uuid5(_NAMESPACE, tenant_id)
+
+    @classmethod
+    def register(cls, tenant_id: str) -> TenantSettings:
+        """A new tenant with the default settings."""
+        if not valid_tenant_id(tenant_id):
+            raise InvalidTenant(f"tenant id {tenant_id!r}: 1-128 of letters, digits and . _ : -",
+                                field="tenant_id")
+        return cls(tenant_id=tenant_id)
 
     @classmethod
     def create_id(cls, tenant_id: str) -> UUID:

@@ -8,15 +8,17 @@ goes to the log. The principal's tenant scopes the request.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Awaitable, Callable
 
+import psycopg
 import structlog
+from psycopg_pool import PoolClosed, PoolTimeout
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from aggregates.tenant_settings import valid_tenant_id
 from api.problems import problem
 from erp.api_keys import ApiKeys
 from erp.bootstrap import Service
@@ -25,7 +27,6 @@ from erp.identity import Forbidden, KeysUnavailable, Principal, TokenVerifier, U
 log = structlog.get_logger("erp.auth")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
-_TENANT = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class Authenticator:
@@ -38,7 +39,7 @@ class Authenticator:
         authorization = headers.get("authorization", "")
         api_key = headers.get("x-api-key")
         tenant_header = headers.get("x-tenant-id")
-        if tenant_header is not None and not _TENANT.match(tenant_header):
+        if tenant_header is not None and not valid_tenant_id(tenant_header):
             raise Unauthenticated("malformed X-Tenant-ID")
         if api_key is not None:
             return await self._api_key(api_key, tenant_header)
@@ -86,9 +87,9 @@ class Authentication:
         except Forbidden as refused:
             await problem(403, "Forbidden", str(refused))(scope, receive, send)
             return
-        except KeysUnavailable as error:
-            log.warning("token keys unavailable", error=str(error))
-            await problem(503, "Service unavailable", "tokens cannot be verified right now",
+        except (KeysUnavailable, psycopg.OperationalError, PoolTimeout, PoolClosed) as error:
+            log.warning("credentials cannot be checked", error=str(error))
+            await problem(503, "Service unavailable", "credentials cannot be checked right now",
                           headers={"Retry-After": "5"})(scope, receive, send)
             return
         scope["state"].update(principal=principal, tenant_id=principal.tenant_id)

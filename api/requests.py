@@ -15,7 +15,7 @@ from api.problems import BadRequest, InvalidRequest
 from api.responses import JSON
 from erp.commands import CommandContext
 from erp.eventstore import EventMetadata, Saved
-from erp.idempotency import IdempotencyKey
+from erp.idempotency import INBOUND_KEY_PREFIX, IdempotencyKey
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -74,6 +74,9 @@ async def command_context(request: Request) -> CommandContext:
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 200:
         raise BadRequest("Idempotency-Key must be 1 to 200 characters", field="header.Idempotency-Key")
+    if key is not None and key.startswith(INBOUND_KEY_PREFIX):
+        raise BadRequest(f"Idempotency-Key must not start with {INBOUND_KEY_PREFIX!r} (kept for "
+                         "events from other services)", field="header.Idempotency-Key")
     return CommandContext(
         idempotency=None if key is None else IdempotencyKey.of(
             key, request.method, request.url.path, await request.body()),

@@ -1,14 +1,14 @@
 """Service-to-service API keys: shown once, stored as a SHA-256 hash, found by their prefix.
 
 A key reads `erpk_<prefix>_<secret>`. The secret is 256 random bits, so a fast hash is
-enough (nothing to brute-force); the prefix finds the row and names the key in logs.
+enough (nothing to brute-force); the prefix finds the row and names the key in logs. The
+API compares hashes inside PostgreSQL (`erp_api_key`), so its role never reads one.
 A key may be pinned to one tenant; a platform key acts for the tenant in `X-Tenant-ID`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 import time
@@ -20,6 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from erp.identity import ALL_SCOPES
+from projections.tenancy import API_ROLE, ensure_api_role
 
 DDL = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -30,7 +31,16 @@ CREATE TABLE IF NOT EXISTS api_keys (
     tenant_id text,
     created_at timestamptz NOT NULL DEFAULT now(),
     revoked_at timestamptz
-)
+);
+-- The API role checks a key through this function and never reads the table (or a hash).
+CREATE OR REPLACE FUNCTION erp_api_key(presented_prefix text, presented_hash bytea)
+RETURNS TABLE (prefix text, owner text, scopes text[], tenant_id text, created_at timestamptz,
+               revoked_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
+    SELECT k.prefix, k.owner, k.scopes, k.tenant_id, k.created_at, k.revoked_at FROM api_keys k
+    WHERE k.prefix = presented_prefix AND k.secret_hash = presented_hash AND k.revoked_at IS NULL
+$$;
+REVOKE ALL ON FUNCTION erp_api_key(text, bytea) FROM PUBLIC;
 """
 _KEY = re.compile(r"^erpk_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
 _OWNER = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
@@ -56,7 +66,11 @@ def _hash(secret: str) -> bytes:
 
 
 async def ensure_schema(conn: psycopg.AsyncConnection[Any]) -> None:
-    await conn.execute(DDL)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('erp:schema'))")
+        await ensure_api_role(conn)
+        await conn.execute(DDL)
+        await conn.execute(f"GRANT EXECUTE ON FUNCTION erp_api_key(text, bytea) TO {API_ROLE}")
 
 
 async def create(conn: psycopg.AsyncConnection[Any], owner: str, scopes: list[str],
@@ -108,12 +122,9 @@ class ApiKeys:
         if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
             return cached[1]
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute("SELECT prefix, secret_hash, owner, scopes, tenant_id, created_at, revoked_at "
-                          "FROM api_keys WHERE prefix = %s", (prefix,))
+        await cur.execute("SELECT * FROM erp_api_key(%s, %s)", (prefix, _hash(secret)))
         row = await cur.fetchone()
-        if row is None or row["revoked_at"] is not None:
-            return None
-        if not hmac.compare_digest(bytes(row.pop("secret_hash")), _hash(secret)):
+        if row is None:  # unknown, revoked, or the wrong secret
             return None
         key = ApiKey(**{**row, "scopes": tuple(row["scopes"])})
         self._known[cache_key] = (time.monotonic(), key)

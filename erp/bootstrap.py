@@ -113,16 +113,17 @@ class Service:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             for projection in all_projections():
                 await ensure_schema(conn, projection)
-            await api_keys.ensure_schema(conn)
             await credentials.ensure_schema(conn)
             await isolate_tenants(conn)
+            await api_keys.ensure_schema(conn)
         self.committer = GroupCommitter(self.store, s.group_commit_max)
         self.runner = CommandRunner(self.store, self.committer, s.command_retries)
         self.nc = await connect(self.endpoints.nats_url, name="erp-service")
         self.js = self.nc.jetstream(publish_async_max_pending=4000)
         await ensure_stream(self.js, s.stream, s.stream_replicas)
-        self.read_pool = AsyncConnectionPool(
-            url, min_size=1, max_size=s.db_pool_size, open=False, configure=as_api_role,
+        self.read_pool = AsyncConnectionPool(  # reads as erp_api: row-level security applies
+            s.api_database_url or url, min_size=1, max_size=s.db_pool_size, open=False,
+            configure=None if s.api_database_url else as_api_role,
             kwargs={"autocommit": True, "application_name": "erp-api"},
         )
         await self.read_pool.open()
@@ -131,7 +132,7 @@ class Service:
         self._spawn("positions", self.positions.run())
         if s.run_inbound:
             consumer = InboundConsumer(self.js, s.auth_stream, "erp-auth", auth_subscriptions(self.runner),
-                                       max_deliver=s.inbound_max_deliver)
+                                       max_deliver=s.inbound_max_deliver, in_order=True)
             self.inbound.append(consumer)
             self._spawn("inbound:auth", consumer.run())
         if s.run_relay:

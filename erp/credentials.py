@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg.rows import class_row
 
+from aggregates.tenant_settings import valid_tenant_id
 from erp.settings import Settings
 
 PLATFORM = "*"  # the tenant id of platform-wide values, e.g. a peer's service key
@@ -34,7 +35,6 @@ MASK = "\u2022" * 4
 HINT_MIN_LENGTH = 12  # shorter values would give away too much of themselves
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
-_TENANT = re.compile(r"\*|[A-Za-z0-9._:-]{1,128}")  # X-Tenant-ID's rule, or PLATFORM
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tier1_credentials (
@@ -216,7 +216,7 @@ def _associated_data(key_id: str, tenant_id: str, name: str) -> bytes:
 
 
 def _check(tenant_id: str, name: str) -> None:
-    if not _TENANT.fullmatch(tenant_id):
+    if tenant_id != PLATFORM and not valid_tenant_id(tenant_id):
         raise InvalidCredential(
             f"tenant id {tenant_id!r}: 1-128 of letters, digits and . _ : -, or {PLATFORM!r}"
         )

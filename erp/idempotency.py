@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 """
 
 
+INBOUND_KEY_PREFIX = "inbound:"  # + event_id: the keys of other services' events' effects
+
+
 class IdempotencyKeyReused(Exception):
     def __init__(self, key: str) -> None:
         super().__init__(

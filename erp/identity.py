@@ -21,6 +21,8 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from aggregates.tenant_settings import valid_tenant_id
+
 log = structlog.get_logger("erp.identity")
 
 ALGORITHMS = ("RS256", "ES256")
@@ -33,11 +35,13 @@ DEV_AUDIENCE = "erp"
 # and are checked by the purchase order itself.
 MODULES = ("crm", "procurement", "hrm", "manufacturing", "settings", "users")
 READ_ALL = frozenset(f"{m}:read" for m in MODULES)
-WRITE_ALL = frozenset(f"{m}:write" for m in MODULES)
+# users:write (user sync) belongs to the auth service's key and superusers: user references
+# follow the auth service, not a tenant admin.
+WRITE_ALL = frozenset(f"{m}:write" for m in MODULES if m != "users")
 ROLE_SCOPES: Mapping[str, frozenset[str]] = {
     "erp.viewer": READ_ALL,
     "erp.admin": READ_ALL | WRITE_ALL | {"payroll:process"},
-    "erp.superuser": READ_ALL | WRITE_ALL | {"payroll:process", "credentials:manage"},
+    "erp.superuser": READ_ALL | WRITE_ALL | {"payroll:process", "users:write", "credentials:manage"},
     "crm.user": frozenset({"crm:read", "crm:write"}),
     "procurement.user": frozenset({"procurement:read", "procurement:write"}),
     "hr.user": frozenset({"hrm:read", "hrm:write"}),
@@ -99,16 +103,20 @@ class StaticKey:
 
 class JwksKeys:
     """The auth service's JWKS: cached, refetched for an unknown `kid` at most every
-    `min_refresh_seconds`, and after `max_age_seconds` in any case."""
+    `min_refresh_seconds`, and after `max_age_seconds` in any case. While the auth service
+    cannot be reached the cached keys serve for `max_stale_seconds`, then none do (503):
+    a key it has withdrawn must not be trusted for ever."""
 
     def __init__(self, url: str, *, min_refresh_seconds: float = 5.0, max_age_seconds: float = 600.0,
-                 timeout_seconds: float = 5.0) -> None:
+                 max_stale_seconds: float = 3600.0, timeout_seconds: float = 5.0) -> None:
         self._url = url
         self._min_refresh = min_refresh_seconds
         self._max_age = max_age_seconds
+        self._max_stale = max_stale_seconds
         self._timeout = timeout_seconds
         self._keys: dict[str, tuple[Any, str]] = {}
-        self._fetched_at = float("-inf")
+        self._fetched_at = float("-inf")  # last attempt (success or not)
+        self._fresh_at = float("-inf")  # last success
         self._lock = asyncio.Lock()
         self.fetches = 0
 
@@ -119,6 +127,8 @@ class JwksKeys:
             async with self._lock:  # one fetch however many requests bring the new kid
                 if self._stale(kid):
                     await self._fetch()
+        if not self._keys:
+            raise KeysUnavailable(f"no usable keys from {self._url}")
         return self._keys.get(kid)
 
     def _stale(self, kid: str) -> bool:
@@ -134,6 +144,8 @@ class JwksKeys:
                 document = response.json()
         except (httpx.HTTPError, ValueError) as error:
             self._fetched_at = time.monotonic()  # the rate limit also spares a failing service
+            if self._fetched_at - self._fresh_at > self._max_stale:
+                self._keys = {}
             if not self._keys:
                 raise KeysUnavailable(f"JWKS {self._url}: {error}") from error
             log.warning("JWKS refresh failed; keeping the cached keys", url=self._url, error=str(error))
@@ -146,6 +158,7 @@ class JwksKeys:
             except (jwt.PyJWTError, KeyError, ValueError, TypeError) as error:
                 log.warning("JWKS key skipped", kid=entry.get("kid"), error=str(error))
         self._keys, self._fetched_at = keys, time.monotonic()
+        self._fresh_at = self._fetched_at
         log.info("JWKS fetched", url=self._url, kids=sorted(keys))
 
 
@@ -177,8 +190,8 @@ class TokenVerifier:
         except jwt.PyJWTError as error:
             raise Unauthenticated(f"token refused: {type(error).__name__}: {error}") from None
         tenant_id = claims.get("tenant_id")
-        if not isinstance(tenant_id, str) or not tenant_id:
-            raise Unauthenticated("token has no tenant_id claim")
+        if not isinstance(tenant_id, str) or not valid_tenant_id(tenant_id):
+            raise Unauthenticated("token has no valid tenant_id claim")
         roles = claims.get("roles") or []
         scope = claims.get("scope") or ""
         if not isinstance(roles, list) or not isinstance(scope, str):

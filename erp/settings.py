@@ -15,6 +15,11 @@ class Settings(BaseSettings):
         default=None,
         description="PostgreSQL URL. Unset: start an embedded PostgreSQL under data_dir.",
     )
+    api_database_url: str | None = Field(
+        default=None,
+        description="The API's read login: a member of the erp_api role (row-level security). "
+        "Unset: the read pool connects like the rest and switches to erp_api (SET ROLE).",
+    )
     nats_url: str | None = Field(
         default=None,
         description="NATS URL. Unset: start an embedded nats-server with JetStream.",
@@ -32,7 +37,8 @@ class Settings(BaseSettings):
     run_inbound: bool = Field(default=True, description="Consume other services' events.")
     auth_stream: str = Field(default="AUTH", description="The auth service's JetStream stream.")
     inbound_max_deliver: int = Field(
-        default=8, ge=1, description="Attempts at an inbound event before it is given up."
+        default=20, ge=1, description="Attempts at an inbound event before it is given up "
+        "(backoff 1 s doubling to 30 s: 20 attempts span about 8 minutes)."
     )
 
     relay_batch_size: int = Field(default=2000, ge=1, le=4000)

@@ -15,10 +15,11 @@ from psycopg_pool import AsyncConnectionPool
 
 API_ROLE = "erp_api"
 POLICY = "tenant_isolation"
-# Tables with a tenant_id that are the write side's, never read by the API.
-WRITE_SIDE = frozenset({"idempotency_keys", "tier1_credentials"})
-# Tables the API reads across tenants: positions, and API keys (found before a tenant is known).
-SHARED_READS = frozenset({"projection_checkpoints", "api_keys"})
+# Tables with a tenant_id that the API role never reads (API keys are checked through a
+# SECURITY DEFINER function, so it never sees their hashes).
+WRITE_SIDE = frozenset({"idempotency_keys", "tier1_credentials", "api_keys"})
+# Tables the API reads across tenants: the projections' positions.
+SHARED_READS = frozenset({"projection_checkpoints"})
 NOT_READ_MODELS = WRITE_SIDE | SHARED_READS
 
 _CREATE_ROLE = f"""
@@ -39,12 +40,16 @@ ORDER BY c.relname
 """
 
 
+async def ensure_api_role(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(_CREATE_ROLE)
+
+
 async def isolate_tenants(conn: psycopg.AsyncConnection[Any]) -> list[str]:
     """Row-level security on every read-model table (any table with a tenant_id column),
     readable by the API role; answers the tables isolated. Safe to run on every start."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('erp:isolate-tenants'))")
-        await conn.execute(_CREATE_ROLE)
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('erp:schema'))")
+        await ensure_api_role(conn)
         await conn.execute(f"GRANT USAGE ON SCHEMA {await _schema(conn)} TO {API_ROLE}")
         cur = await conn.execute(_TENANT_TABLES, (POLICY,))
         tables = [row for row in await cur.fetchall() if row[0] not in NOT_READ_MODELS]
@@ -69,7 +74,10 @@ async def _schema(conn: psycopg.AsyncConnection[Any]) -> str:
 
 
 async def as_api_role(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Pool `configure` callback: every connection of the API's read pool reads as `erp_api`."""
+    """Pool `configure` callback: every connection of the API's read pool reads as `erp_api`.
+
+    A query could `RESET ROLE`; in production give the read pool its own login, a member
+    of `erp_api` (ERP_API_DATABASE_URL), and this is not used."""
     await conn.execute(f"SET ROLE {API_ROLE}")
 
 

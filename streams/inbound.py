@@ -25,7 +25,8 @@ from nats.js.errors import NotFoundError
 from aggregates.errors import InvalidValue
 from erp.commands import CommandContext, NothingChanged
 from erp.eventstore import EventMetadata
-from erp.idempotency import IdempotencyKey
+from erp.idempotency import INBOUND_KEY_PREFIX, IdempotencyKey, IdempotencyKeyReused
+from erp.identity import Forbidden
 from streams import envelope as env
 
 log = structlog.get_logger("erp.inbound")
@@ -61,20 +62,23 @@ def context_of(envelope: env.Envelope[Any], subject: str, raw: bytes) -> Command
         tenant_id=envelope.tenant_id,
         metadata=EventMetadata(envelope.tenant_id, correlation_id=event_id, causation_id=event_id,
                                actor=f"service:{subject.split('.')[0]}"),
-        idempotency=IdempotencyKey.of(f"inbound:{event_id}", "EVENT", subject, raw),
+        idempotency=IdempotencyKey.of(f"{INBOUND_KEY_PREFIX}{event_id}", "EVENT", subject, raw),
     )
 
 
 class InboundConsumer:
     def __init__(self, js: JetStreamContext, stream: str, durable: str,
-                 subscriptions: Sequence[Subscription], *, max_deliver: int = 8, batch: int = 64,
-                 ack_wait_seconds: float = 60.0) -> None:
+                 subscriptions: Sequence[Subscription], *, max_deliver: int = 20, in_order: bool = False,
+                 batch: int = 64, ack_wait_seconds: float = 60.0) -> None:
+        """`in_order`: one message in flight across every instance, so a later announcement
+        is never overtaken by an earlier one that is being retried."""
         self._js = js
         self._stream = stream
         self._durable = durable
         self._by_subject = {s.subject: s for s in subscriptions}
         self._max_deliver = max_deliver
-        self._batch = batch
+        self._in_order = in_order
+        self._batch = 1 if in_order else batch
         self._ack_wait = ack_wait_seconds
         self.handled = 0
         self.terminated = 0
@@ -94,7 +98,7 @@ class InboundConsumer:
         config = ConsumerConfig(
             durable_name=self._durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
             ack_wait=self._ack_wait, max_deliver=self._max_deliver,
-            filter_subjects=sorted(self._by_subject),
+            filter_subjects=sorted(self._by_subject), max_ack_pending=1 if self._in_order else 1000,
         )
         for attempt in itertools.count():  # the peer's stream may not exist yet
             try:
@@ -116,6 +120,12 @@ class InboundConsumer:
                       stream_seq=msg.metadata.sequence.stream)
             await msg.term()
         except Exception as error:  # retried: the database or a peer may be back soon
+            if attempt >= self._max_deliver:
+                self.terminated += 1
+                log.error("inbound event given up after every attempt", subject=msg.subject,
+                          attempts=attempt, error=repr(error), stream_seq=msg.metadata.sequence.stream)
+                await msg.term()
+                return
             delay = backoff(attempt)
             log.warning("inbound event failed; retrying", subject=msg.subject, attempt=attempt,
                         max_deliver=self._max_deliver, in_seconds=delay, error=repr(error))
@@ -138,5 +148,6 @@ class InboundConsumer:
             await subscription.handle(envelope, context_of(envelope, msg.subject, msg.data))
         except NothingChanged:
             pass  # already as announced: a repeat, or an update that changes nothing here
-        except InvalidValue as error:
+        except (InvalidValue, IdempotencyKeyReused, Forbidden) as error:
+            # Forbidden: a user of a tenant never announced; in order, waiting will not help.
             raise Unhandleable(f"{msg.subject} refused: {error}") from None

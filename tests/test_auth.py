@@ -28,6 +28,7 @@ from erp.cli import main
 from erp.identity import (
     DEV_AUDIENCE,
     JwksKeys,
+    KeysUnavailable,
     TokenVerifier,
     Unauthenticated,
     dev_private_key,
@@ -95,6 +96,8 @@ ATTACKS: dict[str, Callable[[], str]] = {
     "missing expiry": lambda: jwt.encode(
         {k: v for k, v in claims().items() if k != "exp"}, AUTH_KEY, algorithm="ES256"),
     "garbage": lambda: "not.a.token",
+    "platform tenant claim": lambda: token(tenant="*"),
+    "tenant claim with a newline": lambda: token(tenant="tenant-a\nx"),
 }
 
 
@@ -422,3 +425,54 @@ async def test_a_credential_set_through_the_api_is_never_shown_or_logged(
     assert (await client.delete(path)).status_code == 204
     assert (await client.delete(path)).status_code == 404
     assert value not in capsys.readouterr().out
+
+
+async def test_without_the_auth_service_cached_keys_serve_for_a_while_then_none_do(jwks: Jwks) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwks.publish("ec-1", key)
+    keys = JwksKeys(jwks.url, min_refresh_seconds=0.0, max_age_seconds=0.2, max_stale_seconds=3.0)
+    verifier = TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE)
+    assert (await verifier.verify(signed(key, "ec-1"))).tenant_id == "tenant-a"
+    jwks.server.shutdown()  # (waits up to 0.5 s for the server's poll)
+    jwks.server.server_close()
+    await asyncio.sleep(0.3)  # past max_age: the refresh fails, the cached key still serves
+    assert (await verifier.verify(signed(key, "ec-1"))).tenant_id == "tenant-a"
+    await asyncio.sleep(3.0)  # past max_stale: no key is trusted any more
+    with pytest.raises(KeysUnavailable):
+        await verifier.verify(signed(key, "ec-1"))
+
+
+async def test_an_unreachable_jwks_is_unavailable_not_unauthenticated() -> None:
+    verifier = TokenVerifier(JwksKeys("http://127.0.0.1:9/jwks.json", timeout_seconds=1),
+                             issuer=ISSUER, audience=AUDIENCE)
+    for _ in range(2):  # also within the refetch interval
+        with pytest.raises(KeysUnavailable):
+            await verifier.verify(signed(AUTH_KEY, "k"))
+
+
+async def test_keys_of_inbound_events_are_not_for_clients(client: httpx.AsyncClient) -> None:
+    response = await client.post(OPPORTUNITIES, json={"customer_id": "c", "title": "t", "owner": "o"},
+                                 headers={"Idempotency-Key": "inbound:0b7d6f0e-1b1a-4c6e-9d1f-3f3c1a2b4c5d"})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "header.Idempotency-Key"
+
+
+async def test_tier_1_and_user_sync_are_not_for_tenant_admins_or_unknown_tenants(
+    client: httpx.AsyncClient
+) -> None:
+    admin = as_user(roles=("erp.admin",))
+    sync = await client.post("/api/v1/users/sync", json={"user_id": "u-1"}, headers=admin)
+    assert sync.status_code == 403  # user references follow the auth service
+    stranger = as_user("tenant-unknown")
+    put = await client.put("/api/v1/integrations/credentials/kra.itax", json={"value": "x" * 20},
+                           headers=stranger)
+    assert put.status_code == 403 and "not registered" in put.json()["detail"]
+
+
+async def test_a_database_outage_while_checking_a_key_is_503_not_500(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    await service.read_pool.close()
+    response = await client.get(OPPORTUNITIES, headers={"Authorization": "", "X-Tenant-ID": "tenant-a",
+                                                        "X-API-Key": "erpk_0123456789ab_" + "A" * 43})
+    assert (response.status_code, response.headers["retry-after"]) == (503, "5")

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from api.app import ROUTES
 from erp.bootstrap import Service
 from projections.tenancy import API_ROLE, NOT_READ_MODELS, tenant_rows
-from tests.conftest import as_user
+from tests.conftest import as_user, settings
 from tests.test_hrm_api import employee
 from tests.test_manufacturing_api import CAKE
 
@@ -121,7 +121,8 @@ async def test_the_database_hides_other_tenants_rows_from_the_api_role(
         named = await (await conn.execute("SELECT tenant_id FROM opportunities")).fetchall()
         assert named == [("tenant-b",)]
         for forbidden in ("SELECT count(*) FROM erp_events", "SELECT count(*) FROM tier1_credentials",
-                          "DELETE FROM opportunities", "SELECT count(*) FROM idempotency_keys"):
+                          "DELETE FROM opportunities", "SELECT count(*) FROM idempotency_keys",
+                          "SELECT secret_hash FROM api_keys"):
             async with conn.transaction(force_rollback=True):
                 try:
                     await conn.execute(forbidden)
@@ -144,3 +145,30 @@ async def test_every_table_with_tenant_rows_has_row_level_security(
         tables: dict[str, bool] = dict(await cur.fetchall())
     read_models = {t: rls for t, rls in tables.items() if t not in NOT_READ_MODELS}
     assert len(read_models) >= 14 and all(read_models.values()), read_models
+
+
+async def test_with_its_own_login_the_api_cannot_step_out_of_its_role(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    url = service.endpoints.database_url
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(f"""DO $$ BEGIN CREATE ROLE erp_api_login LOGIN IN ROLE {API_ROLE};
+                           EXCEPTION WHEN duplicate_object THEN NULL; END $$""")
+    login = url.replace("postgres@", "erp_api_login@")
+    api = Service(settings(api_database_url=login), service.endpoints)
+    await api.start()
+    try:
+        await client.post("/api/v1/crm/opportunities", json={"customer_id": "c", "title": "t", "owner": "o"})
+        async with api.read_pool.connection() as conn:
+            await conn.execute("RESET ROLE")  # what an injected query could try
+            who = await (await conn.execute("SELECT current_user")).fetchone()
+            assert who == ("erp_api_login",)
+            unnamed = await (await conn.execute("SELECT count(*) FROM opportunities")).fetchone()
+            assert unnamed == (0,)
+            try:
+                await conn.execute("SELECT count(*) FROM erp_events")
+                raise AssertionError("the API login may read the event store")
+            except psycopg.errors.InsufficientPrivilege:
+                pass
+    finally:
+        await api.stop()

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
@@ -119,6 +119,7 @@ class Loader:
 
 
 Decision = Callable[[Loader], Aggregate | Sequence[Aggregate]]
+TenantRule = Literal["active", "known", "any"]
 
 
 class CommandRunner:
@@ -128,17 +129,15 @@ class CommandRunner:
         self._retries = retries
         self._active_tenants: dict[str, float] = {}  # tenant -> when last seen active
 
-    async def execute(
-        self, ctx: CommandContext, decide: Decision, *, registers_tenant: bool = False
-    ) -> Saved:
+    async def execute(self, ctx: CommandContext, decide: Decision, *, tenant: TenantRule = "active") -> Saved:
         """Runs `decide` and saves every aggregate it changed, in one transaction; answers
-        the first aggregate's version and log position. Refused for an unknown or suspended
-        tenant, unless the command is the one that registers it."""
+        the first aggregate's version and log position. The tenant must be registered and
+        active, or only registered (`"known"`), or anything (`"any"`: registration itself)."""
         replayed = await self._replay(ctx)
         if replayed is not None:
             return replayed
-        if not registers_tenant:
-            await self._check_tenant(ctx.tenant_id)
+        if tenant != "any":
+            await self.check_tenant(ctx.tenant_id, suspended_too=tenant == "known")
         for attempt in range(self._retries + 1):
             load = Loader(self.store, ctx.tenant_id, ctx.expected_version)
             decided = await asyncio.to_thread(decide, load)
@@ -162,14 +161,16 @@ class CommandRunner:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _check_tenant(self, tenant_id: str) -> None:
+    async def check_tenant(self, tenant_id: str, *, suspended_too: bool = False) -> None:
+        """Refuses a tenant the auth service never announced, or a suspended one."""
         seen = self._active_tenants.get(tenant_id)
         if seen is not None and time.monotonic() - seen < TENANT_CACHE_SECONDS:
             return
         tenant = await asyncio.to_thread(Loader(self.store, tenant_id).settings)
-        if tenant.status != "active":
+        if tenant.status == "active":
+            self._active_tenants[tenant_id] = time.monotonic()
+        elif not suspended_too:
             raise TenantSuspended(tenant_id)
-        self._active_tenants[tenant_id] = time.monotonic()
 
     async def _replay(self, ctx: CommandContext) -> Saved | None:
         if ctx.idempotency is None:

@@ -12,7 +12,7 @@ async def register(runner: CommandRunner, ctx: CommandContext, name: str, status
     """Registers the context's tenant with the default settings, or updates its name and
     status; raises `NothingChanged` when it is already as announced."""
 
-    return await runner.execute(ctx, lambda load: _registered(load, name, status), registers_tenant=True)
+    return await runner.execute(ctx, lambda load: _registered(load, name, status), tenant="any")
 
 
 def register_now(
@@ -30,7 +30,7 @@ def register_now(
 def _registered(load: Loader, name: str, status: str) -> TenantSettings:
     tenant = load.find(TenantSettings, TenantSettings.id_for(load.tenant_id))
     if tenant is None:
-        tenant = TenantSettings(tenant_id=load.tenant_id)
+        tenant = TenantSettings.register(load.tenant_id)
     tenant.describe(name, status)
     return tenant
 
@@ -47,4 +47,5 @@ async def sync_user(runner: CommandRunner, ctx: CommandContext, user_id: str, em
         user.sync(email, name, active)
         return user
 
-    return await runner.execute(ctx, decide)
+    # A suspended tenant's users still follow the auth service (a deactivation must land).
+    return await runner.execute(ctx, decide, tenant="known")
