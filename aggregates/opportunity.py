@@ -25,6 +25,10 @@ class OpportunityClosed(RuleViolation):
     pass
 
 
+class NotWon(RuleViolation):
+    """Treasury invoices won opportunities only."""
+
+
 class OpportunityOpen(RuleViolation):
     pass
 
@@ -226,6 +230,22 @@ class Opportunity(Aggregate):
         self.probability = 0
         self.lost_reason = reason
         self.competitor = competitor
+
+    def link_invoice(self, invoice_id: str, status: str) -> bool:
+        """Treasury's invoice for this won opportunity (treasury.invoice.created); answers
+        whether anything changed."""
+        if self.status is not Status.WON:
+            raise NotWon(f"opportunity {self.id} is {self.status.value}; only a won one is invoiced")
+        invoice_id = _required(invoice_id, "invoice_id")
+        if (invoice_id, status) == (getattr(self, "invoice_id", None), getattr(self, "invoice_status", None)):
+            return False
+        self._invoice_linked(invoice_id=invoice_id, status=status)
+        return True
+
+    @event("InvoiceLinked")
+    def _invoice_linked(self, invoice_id: str, status: str) -> None:
+        self.invoice_id = invoice_id
+        self.invoice_status = status
 
     def reopen(self, reason: str, *, stages: Sequence[Stage] = DEFAULT_STAGES) -> None:
         """Back to the stage it closed in (or the first, if that stage no longer exists)."""

@@ -37,7 +37,12 @@ class Status(StrEnum):
     CALCULATED = "calculated"
     APPROVED = "approved"
     PROCESSED = "processed"
+    PAID = "paid"
     CANCELLED = "cancelled"
+
+
+class NotProcessed(RuleViolation):
+    pass
 
 
 class RunLocked(RuleViolation):
@@ -135,6 +140,7 @@ class PayrollRun(Aggregate):
         self.rules_effective_from: str | None = None
         self.approver: str | None = None
         self.cancel_reason: str | None = None
+        self.payment_id: str | None = None
 
     @classmethod
     def create(cls, *, tenant_id: str, period: str) -> PayrollRun:
@@ -228,8 +234,25 @@ class PayrollRun(Aggregate):
     def _processed(self, period: str, total_amount: Decimal, employee_count: int) -> None:
         self.status = Status.PROCESSED
 
+    def mark_paid(self, payment_id: str) -> bool:
+        """Treasury paid the run (treasury.payment.processed); answers whether it changed."""
+        if self.status is Status.PAID and self.payment_id == payment_id:
+            return False
+        if self.status is not Status.PROCESSED:
+            raise NotProcessed(f"the {self.period} payroll is {self.status.value}; only a processed "
+                               "payroll is paid")
+        if not payment_id.strip():
+            raise ReasonRequired("a payment needs its id", field="payment_id")
+        self._paid(period=self.period, payment_id=payment_id)
+        return True
+
+    @event("Paid")
+    def _paid(self, period: str, payment_id: str) -> None:
+        self.status = Status.PAID
+        self.payment_id = payment_id
+
     def cancel(self, reason: str) -> None:
-        if self.status in (Status.PROCESSED, Status.CANCELLED):
+        if self.status in (Status.PROCESSED, Status.PAID, Status.CANCELLED):
             raise RunLocked(f"the {self.period} payroll is {self.status.value}; it cannot be cancelled")
         reason = reason.strip()
         if not reason:

@@ -165,6 +165,10 @@ class ApproverAlreadyApproved(RuleViolation):
     pass
 
 
+class NotBillable(RuleViolation):
+    """Treasury bills approved (or received, closed) orders only."""
+
+
 class NotApproved(RuleViolation):
     pass
 
@@ -613,6 +617,22 @@ class PurchaseOrder(Aggregate):
                 field="lines",
             )
         return matches[0]
+
+    def link_bill(self, bill_id: str, status: str) -> bool:
+        """Treasury's bill for this order (treasury.bill.created); answers whether it changed."""
+        if self.status in (Status.DRAFT, Status.SUBMITTED, Status.CANCELLED):
+            raise NotBillable(f"purchase order {self.number} is {self.status.value}; it cannot be billed")
+        if not bill_id.strip():
+            raise InvalidValue("a bill needs its id", field="bill_id")
+        if (bill_id, status) == (getattr(self, "bill_id", None), getattr(self, "bill_status", None)):
+            return False
+        self._bill_linked(bill_id=bill_id, status=status)
+        return True
+
+    @event("BillLinked")
+    def _bill_linked(self, bill_id: str, status: str) -> None:
+        self.bill_id = bill_id
+        self.bill_status = status
 
     def receive(
         self,

@@ -103,6 +103,8 @@ class OpportunityView(BaseModel):
     source_lead_id: str | None
     lost_reason: str | None
     competitor: str | None
+    invoice_id: str | None = Field(default=None, description="treasury's invoice, once it made one")
+    invoice_status: str | None = None
     version: int
     log_position: int
     opened_at: datetime

@@ -97,7 +97,7 @@ class EmployeeListQuery(PageQuery):
 
 class RunListQuery(PageQuery):
     period: str | None = Field(default=None, pattern=PERIOD_PATTERN)
-    status: Literal["draft", "calculated", "approved", "processed", "cancelled"] | None = None
+    status: Literal["draft", "calculated", "approved", "processed", "paid", "cancelled"] | None = None
 
 
 class PayslipHistoryQuery(PageQuery):
@@ -210,6 +210,7 @@ class PayrollRunView(BaseModel):
     approver: str | None
     cancel_reason: str | None
     processed_at: datetime | None
+    payment_id: str | None = Field(default=None, description="treasury's payment, once paid")
     version: int
     log_position: int
     created_at: datetime

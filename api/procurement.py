@@ -163,6 +163,8 @@ class PurchaseOrderView(BaseModel):
     cancel_reason: str | None
     close_reason: str | None
     short_closed: bool
+    bill_id: str | None = Field(default=None, description="treasury's bill, once it made one")
+    bill_status: str | None = None
     version: int
     log_position: int
     created_at: datetime

@@ -15,11 +15,12 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
-from erp import api_keys, credentials
-from erp.commands import CommandContext, CommandRunner, tenancy
+from erp import api_keys, credentials, inbound
+from erp.commands import CommandRunner
 from erp.embedded import EmbeddedNats, EmbeddedPostgres
 from erp.eventstore import ErpEventStore, GroupCommitter, close_store, store_for
 from erp.settings import Settings
+from projections import references
 from projections.base import Projection
 from projections.opportunities import OpportunitiesProjection
 from projections.payroll import PayrollProjection
@@ -29,31 +30,12 @@ from projections.runner import ProjectorRunner, ensure_schema
 from projections.tenancy import as_api_role, isolate_tenants
 from projections.users import UsersProjection
 from projections.work_orders import BomsProjection, WorkOrdersProjection
-from streams.envelope import Envelope
-from streams.events.auth import TenantAnnounced, UserAnnounced
-from streams.inbound import InboundConsumer, Subscription
+from streams.inbound import InboundConsumer, ensure_dead_letter_stream
 from streams.jetstream import connect, ensure_stream
 from streams.leadership import lead, stop_tasks
 from streams.relay import Relay
 
 log = structlog.get_logger("erp")
-
-
-def auth_subscriptions(runner: CommandRunner) -> list[Subscription]:
-    """The auth service's announcements: a tenant is registered (with default settings)
-    when it is created, and users' references follow their accounts."""
-
-    async def tenant(event: Envelope[TenantAnnounced], ctx: CommandContext) -> object:
-        return await tenancy.register(runner, ctx, event.data.name, event.data.status)
-
-    async def user(event: Envelope[UserAnnounced], ctx: CommandContext) -> object:
-        data = event.data
-        return await tenancy.sync_user(runner, ctx, data.user_id, data.email, data.name, data.active)
-
-    return [Subscription("auth.tenant.created", TenantAnnounced, tenant),
-            Subscription("auth.tenant.updated", TenantAnnounced, tenant),
-            Subscription("auth.user.created", UserAnnounced, user),
-            Subscription("auth.user.updated", UserAnnounced, user)]
 
 
 def all_projections() -> list[Projection]:
@@ -101,6 +83,7 @@ class Service:
     positions: ReadModelPositions = field(init=False)
     relay: Relay | None = field(init=False, default=None)
     inbound: list[InboundConsumer] = field(init=False, default_factory=list)
+    inbound_pool: AsyncConnectionPool[Any] | None = field(init=False, default=None)
     projectors: list[ProjectorRunner] = field(init=False, default_factory=list)
     leading: set[str] = field(init=False, default_factory=set)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
@@ -114,6 +97,7 @@ class Service:
             for projection in all_projections():
                 await ensure_schema(conn, projection)
             await credentials.ensure_schema(conn)
+            await conn.execute(references.DDL)
             await isolate_tenants(conn)
             await api_keys.ensure_schema(conn)
         self.committer = GroupCommitter(self.store, s.group_commit_max)
@@ -131,10 +115,18 @@ class Service:
         self._spawn("group-commit", self.committer.run())
         self._spawn("positions", self.positions.run())
         if s.run_inbound:
-            consumer = InboundConsumer(self.js, s.auth_stream, "erp-auth", auth_subscriptions(self.runner),
-                                       max_deliver=s.inbound_max_deliver, in_order=True)
-            self.inbound.append(consumer)
-            self._spawn("inbound:auth", consumer.run())
+            await ensure_dead_letter_stream(self.js, s.dead_letter_stream, s.stream_replicas)
+            self.inbound_pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False,
+                                                    kwargs={"application_name": "erp-inbound"})
+            await self.inbound_pool.open()
+            for service, subs in inbound.subscriptions(self.runner, self.inbound_pool).items():
+                consumer = InboundConsumer(
+                    self.js, s.inbound_streams.get(service, service.upper()), f"erp-{service}", subs,
+                    dead_letters=s.dead_letter_stream, max_deliver=s.inbound_max_deliver,
+                    in_order=service == "auth",  # announcements must not overtake each other
+                )
+                self.inbound.append(consumer)
+                self._spawn(f"inbound:{service}", consumer.run())
         if s.run_relay:
             self.relay = Relay(
                 self.store, url, self.nc, s.stream, batch_size=s.relay_batch_size,
@@ -168,6 +160,8 @@ class Service:
         with contextlib.suppress(Exception):
             await self.nc.drain()
         await self.read_pool.close()
+        if self.inbound_pool is not None:
+            await self.inbound_pool.close()
         await asyncio.to_thread(close_store, self.store)
 
 

@@ -203,6 +203,15 @@ class EmbeddedNats(_Server):
         return f"nats://127.0.0.1:{self.port}"
 
     @staticmethod
+    def running_url(data_dir: Path) -> str | None:
+        """The URL of an embedded nats-server that `erp serve` runs on `data_dir`, if one does."""
+        try:
+            os.kill(int((data_dir / "nats-server.pid").read_text().split()[0]), 0)
+            return (data_dir / "nats-server.url").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @staticmethod
     def binary() -> str:
         beside_python = Path(sys.executable).parent / "nats-server"
         found = str(beside_python) if beside_python.exists() else shutil.which("nats-server")
@@ -227,4 +236,5 @@ class EmbeddedNats(_Server):
                 return sock.recv(4).startswith(b"INFO")
 
         _wait_for(accepting, f"nats-server (log: {self.log_path})", 30, self.process)
+        (self.data_dir / "nats-server.url").write_text(self.url)  # for the CLI (running_url)
         return self.url

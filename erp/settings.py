@@ -35,7 +35,14 @@ class Settings(BaseSettings):
     run_relay: bool = Field(default=True, description="Take part in relay leadership.")
     run_projectors: bool = Field(default=True, description="Take part in projector leadership.")
     run_inbound: bool = Field(default=True, description="Consume other services' events.")
-    auth_stream: str = Field(default="AUTH", description="The auth service's JetStream stream.")
+    inbound_streams: dict[str, str] = Field(
+        default={"auth": "AUTH", "treasury": "TREASURY", "inventory": "INVENTORY",
+                 "logistics": "LOGISTICS", "pos": "POS", "iot": "IOT", "projects": "PROJECTS"},
+        description="Each platform service's JetStream stream (JSON object).",
+    )
+    dead_letter_stream: str = Field(
+        default="ERP_DLQ", description="Where inbound events that cannot be handled are parked."
+    )
     inbound_max_deliver: int = Field(
         default=20, ge=1, description="Attempts at an inbound event before it is given up "
         "(backoff 1 s doubling to 30 s: 20 attempts span about 8 minutes)."

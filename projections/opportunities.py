@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS opportunities (
     opened_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL
 );
+ALTER TABLE opportunities ADD COLUMN IF NOT EXISTS invoice_id text;
+ALTER TABLE opportunities ADD COLUMN IF NOT EXISTS invoice_status text;
 CREATE INDEX IF NOT EXISTS opportunities_tenant_opened
     ON opportunities (tenant_id, opened_position DESC);
 CREATE INDEX IF NOT EXISTS opportunities_tenant_stage ON opportunities (tenant_id, stage);
@@ -89,6 +91,9 @@ _LOST = f"""
 UPDATE opportunities SET status = 'lost', probability = 0, lost_reason = %(reason)s,
     competitor = %(competitor)s, {_NEXT} {_WHERE}
 """
+_INVOICED = f"""
+UPDATE opportunities SET invoice_id = %(invoice_id)s, invoice_status = %(status)s, {_NEXT} {_WHERE}
+"""
 _REOPENED = f"""
 UPDATE opportunities SET status = 'open', stage = %(stage)s, probability = %(probability)s,
     lost_reason = NULL, competitor = NULL, {_NEXT} {_WHERE}
@@ -105,6 +110,7 @@ class OpportunitiesProjection:
         "erp.opportunity.won": c.OpportunityWon,
         "erp.opportunity.lost": c.OpportunityLost,
         "erp.opportunity.reopened": c.OpportunityReopened,
+        "erp.opportunity.invoice_linked": c.OpportunityInvoiceLinked,
     }
 
     def reads(self, subject: str) -> type[Any] | None:
@@ -147,6 +153,8 @@ class OpportunitiesProjection:
                                           "competitor": data.competitor})
                 await cur.execute(_CLOSED_HISTORY, {**step, "status": "lost", "probability": 0,
                                                     "reason": data.reason})
+            case c.OpportunityInvoiceLinked():
+                await cur.execute(_INVOICED, {**step, "invoice_id": data.invoice_id, "status": data.status})
             case c.OpportunityReopened():
                 await cur.execute(_REOPENED, {**step, "stage": data.stage,
                                               "probability": data.probability})

@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS payroll_runs (
     created_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL
 );
+ALTER TABLE payroll_runs ADD COLUMN IF NOT EXISTS payment_id text;
 CREATE INDEX IF NOT EXISTS payroll_runs_tenant_created
     ON payroll_runs (tenant_id, created_position DESC);
 CREATE INDEX IF NOT EXISTS payroll_runs_tenant_period ON payroll_runs (tenant_id, period, status);
@@ -174,6 +175,7 @@ ON CONFLICT (payroll_id, employee_id) DO NOTHING
 """
 _APPROVED = f"UPDATE payroll_runs SET status = 'approved', approver = %(approver)s, {_NEXT} {_RUN}"
 _PROCESSED = f"UPDATE payroll_runs SET status = 'processed', processed_at = %(at)s, {_NEXT} {_RUN}"
+_PAID = f"UPDATE payroll_runs SET status = 'paid', payment_id = %(payment_id)s, {_NEXT} {_RUN}"
 _CANCELLED = f"""
 UPDATE payroll_runs SET status = 'cancelled', cancel_reason = %(reason)s, {_NEXT} {_RUN}
 """
@@ -191,6 +193,7 @@ class PayrollProjection:
         "erp.payroll.approved": h.PayrollApproved,
         "erp.payroll.processed": h.PayrollProcessed,
         "erp.payroll.cancelled": h.PayrollCancelled,
+        "erp.payroll.paid": h.PayrollPaid,
     }
 
     def reads(self, subject: str) -> type[Any] | None:
@@ -234,6 +237,9 @@ class PayrollProjection:
                                               "approver": data.approver})
             case h.PayrollProcessed():
                 await cur.execute(_PROCESSED, {"id": data.payroll_id, "v": v, "pos": pos, "at": at})
+            case h.PayrollPaid():
+                await cur.execute(_PAID, {"id": data.payroll_id, "v": v, "pos": pos, "at": at,
+                                          "payment_id": data.payment_id})
             case h.PayrollCancelled():
                 await cur.execute(_CANCELLED, {"id": data.payroll_id, "v": v, "pos": pos, "at": at,
                                                "reason": data.reason})

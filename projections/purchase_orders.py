@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS purchase_orders (
     created_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL
 );
+ALTER TABLE purchase_orders ADD COLUMN IF NOT EXISTS bill_id text;
+ALTER TABLE purchase_orders ADD COLUMN IF NOT EXISTS bill_status text;
 CREATE INDEX IF NOT EXISTS purchase_orders_tenant_created
     ON purchase_orders (tenant_id, created_position DESC);
 CREATE INDEX IF NOT EXISTS purchase_orders_tenant_status ON purchase_orders (tenant_id, status);
@@ -142,6 +144,9 @@ WHERE purchase_order_id = %(id)s AND line_no = %(line_no)s AND {_AT_BASE}
 """
 _GOODS_RECEIVED = f"UPDATE purchase_orders SET status = 'partially_received', {_NEXT} {_WHERE}"
 _RECEIVED = f"UPDATE purchase_orders SET status = 'received', {_NEXT} {_WHERE}"
+_BILLED = f"""
+UPDATE purchase_orders SET bill_id = %(bill_id)s, bill_status = %(status)s, {_NEXT} {_WHERE}
+"""
 _CANCELLED = f"""
 UPDATE purchase_orders SET status = 'cancelled', cancel_reason = %(reason)s, {_NEXT} {_WHERE}
 """
@@ -172,6 +177,7 @@ class PurchaseOrdersProjection:
         "erp.purchase_order.received": p.PurchaseOrderReceived,
         "erp.purchase_order.cancelled": p.PurchaseOrderCancelled,
         "erp.purchase_order.closed": p.PurchaseOrderClosed,
+        "erp.purchase_order.bill_linked": p.PurchaseOrderBillLinked,
     }
 
     def reads(self, subject: str) -> type[Any] | None:
@@ -231,6 +237,8 @@ class PurchaseOrdersProjection:
                 await cur.execute(_GOODS_RECEIVED, step)
             case p.PurchaseOrderReceived():
                 await cur.execute(_RECEIVED, step)
+            case p.PurchaseOrderBillLinked():
+                await cur.execute(_BILLED, {**step, "bill_id": data.bill_id, "status": data.status})
             case p.PurchaseOrderCancelled():
                 await cur.execute(_CANCELLED, {**step, "reason": data.reason})
             case p.PurchaseOrderClosed():

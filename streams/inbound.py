@@ -1,10 +1,12 @@
 """Events from other platform services, consumed by a durable JetStream pull consumer.
 
-Delivery is at least once; each effect is a command whose idempotency key is the inbound
-`event_id`, recorded in the transaction that stores the command's events, so a
-redelivery changes nothing twice. A message that can never be handled (malformed, or
-refused by a business rule) is terminated with its reason logged; other failures are
-retried with exponential backoff (1 s doubling to 30 s) up to `max_deliver` attempts.
+Delivery is at least once; each effect is exactly once: a command whose idempotency key
+is the inbound `event_id` (recorded in the transaction that stores its events), or a
+read-model write in the transaction that records the `event_id`. A message that can never
+be handled (malformed, refused by a business rule, about something unknown here) is
+parked at once in the dead-letter stream with its reason; other failures are retried
+with exponential backoff (1 s doubling to 30 s) and parked after `max_deliver` attempts.
+The consumer then moves on. `erp dead-letters` lists, shows and replays them.
 """
 
 from __future__ import annotations
@@ -19,11 +21,18 @@ import msgspec
 import structlog
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import NotFoundError
 
-from aggregates.errors import InvalidValue
-from erp.commands import CommandContext, NothingChanged
+from aggregates.errors import DomainError
+from erp.commands import CommandContext, NotFound, NothingChanged
 from erp.eventstore import EventMetadata
 from erp.idempotency import INBOUND_KEY_PREFIX, IdempotencyKey, IdempotencyKeyReused
 from erp.identity import Forbidden
@@ -31,6 +40,9 @@ from streams import envelope as env
 
 log = structlog.get_logger("erp.inbound")
 
+DEAD_LETTER_SUBJECTS = ["dlq.>"]  # dlq.<consumer>.<original subject>
+DLQ_CONSUMER, DLQ_ERROR, DLQ_ATTEMPTS = "Erp-Dlq-Consumer", "Erp-Dlq-Error", "Erp-Dlq-Attempts"
+DLQ_STREAM, DLQ_STREAM_SEQ, DLQ_SUBJECT = "Erp-Dlq-Stream", "Erp-Dlq-Stream-Seq", "Erp-Dlq-Subject"
 BACKOFF_INITIAL_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 30.0
 STREAM_WAIT_SECONDS = 2.0
@@ -66,22 +78,33 @@ def context_of(envelope: env.Envelope[Any], subject: str, raw: bytes) -> Command
     )
 
 
+async def ensure_dead_letter_stream(js: JetStreamContext, name: str, replicas: int) -> None:
+    config = StreamConfig(name=name, subjects=DEAD_LETTER_SUBJECTS, retention=RetentionPolicy.LIMITS,
+                          storage=StorageType.FILE, num_replicas=replicas, duplicate_window=120.0,
+                          description="inbound events the ERP could not handle, with the reason")
+    try:
+        await js.stream_info(name)
+    except NotFoundError:
+        await js.add_stream(config)
+
+
 class InboundConsumer:
     def __init__(self, js: JetStreamContext, stream: str, durable: str,
-                 subscriptions: Sequence[Subscription], *, max_deliver: int = 20, in_order: bool = False,
-                 batch: int = 64, ack_wait_seconds: float = 60.0) -> None:
+                 subscriptions: Sequence[Subscription], *, dead_letters: str, max_deliver: int = 20,
+                 in_order: bool = False, batch: int = 64, ack_wait_seconds: float = 60.0) -> None:
         """`in_order`: one message in flight across every instance, so a later announcement
         is never overtaken by an earlier one that is being retried."""
         self._js = js
         self._stream = stream
         self._durable = durable
+        self._dead_letters = dead_letters
         self._by_subject = {s.subject: s for s in subscriptions}
         self._max_deliver = max_deliver
         self._in_order = in_order
         self._batch = 1 if in_order else batch
         self._ack_wait = ack_wait_seconds
         self.handled = 0
-        self.terminated = 0
+        self.terminated = 0  # parked in the dead-letter stream
 
     async def run(self) -> None:
         sub = await self._subscribe()
@@ -115,16 +138,10 @@ class InboundConsumer:
         try:
             await self._handle(msg)
         except Unhandleable as refused:
-            self.terminated += 1
-            log.error("inbound event refused for good", subject=msg.subject, reason=str(refused),
-                      stream_seq=msg.metadata.sequence.stream)
-            await msg.term()
+            await self._park(msg, str(refused), attempt)
         except Exception as error:  # retried: the database or a peer may be back soon
             if attempt >= self._max_deliver:
-                self.terminated += 1
-                log.error("inbound event given up after every attempt", subject=msg.subject,
-                          attempts=attempt, error=repr(error), stream_seq=msg.metadata.sequence.stream)
-                await msg.term()
+                await self._park(msg, f"gave up after {attempt} attempts: {error!r}", attempt)
                 return
             delay = backoff(attempt)
             log.warning("inbound event failed; retrying", subject=msg.subject, attempt=attempt,
@@ -133,6 +150,19 @@ class InboundConsumer:
         else:
             self.handled += 1
             await msg.ack()
+
+    async def _park(self, msg: Any, reason: str, attempts: int) -> None:
+        """Into the dead-letter stream with the reason, then off this consumer; published
+        with an id of its origin, so parking twice (a crash in between) keeps one copy."""
+        seq = msg.metadata.sequence.stream
+        await self._js.publish(
+            f"dlq.{self._durable}.{msg.subject}", msg.data, stream=self._dead_letters,
+            headers={DLQ_CONSUMER: self._durable, DLQ_ERROR: reason[:2000], DLQ_ATTEMPTS: str(attempts),
+                     DLQ_STREAM: self._stream, DLQ_STREAM_SEQ: str(seq), DLQ_SUBJECT: msg.subject,
+                     "Nats-Msg-Id": f"{self._stream}:{seq}:{attempts}"})
+        self.terminated += 1
+        log.error("inbound event parked", subject=msg.subject, reason=reason, stream_seq=seq)
+        await msg.term()
 
     async def _handle(self, msg: Any) -> None:
         subscription = self._by_subject.get(msg.subject)
@@ -148,6 +178,6 @@ class InboundConsumer:
             await subscription.handle(envelope, context_of(envelope, msg.subject, msg.data))
         except NothingChanged:
             pass  # already as announced: a repeat, or an update that changes nothing here
-        except (InvalidValue, IdempotencyKeyReused, Forbidden) as error:
+        except (DomainError, IdempotencyKeyReused, Forbidden, NotFound) as error:
             # Forbidden: a user of a tenant never announced; in order, waiting will not help.
             raise Unhandleable(f"{msg.subject} refused: {error}") from None

@@ -235,3 +235,15 @@ OpportunityMachine.TestCase.settings = hsettings(max_examples=60, stateful_step_
                                                  deadline=None)
 test_random_command_sequences_keep_the_invariants = OpportunityMachine.TestCase
 
+
+
+def test_only_a_won_opportunity_is_invoiced_and_a_repeat_changes_nothing() -> None:
+    from aggregates.opportunity import NotWon
+
+    opportunity = Opportunity.open(tenant_id="t", customer_id="c", title="t", owner="o")
+    with pytest.raises(NotWon):
+        opportunity.link_invoice("INV-1", "sent")
+    opportunity.win(Decimal(10))
+    assert opportunity.link_invoice("INV-1", "sent") and not opportunity.link_invoice("INV-1", "sent")
+    assert opportunity.link_invoice("INV-1", "paid")  # treasury's status moves on
+    assert (opportunity.invoice_id, opportunity.invoice_status) == ("INV-1", "paid")

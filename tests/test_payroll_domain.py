@@ -39,6 +39,7 @@ from aggregates.payroll_run import (
     NoEmployees,
     NotApproved,
     NotCalculated,
+    NotProcessed,
     PayrollPeriod,
     PayrollRun,
     PayrollTotals,
@@ -378,6 +379,7 @@ def typical_lifecycle() -> list[Aggregate]:
     run.calculate([pay, snapshot("50000", "secondary", "Brian")])
     run.approve("hr-lead")
     run.process()
+    run.mark_paid("PAY-1")
     period = PayrollPeriod.open(tenant_id="t1", period="2026-02")
     period.close_with(run.id)
     employee.terminate("2026-02-28", "resigned")
@@ -407,7 +409,7 @@ def test_every_event_of_a_typical_lifecycle_is_published_and_encodes() -> None:
     assert subjects == [
         "erp.employee.hired", "erp.employee.pay_changed", "erp.employee.terminated",
         "erp.payroll.created", "erp.payroll.calculated", "erp.payroll.approved", "erp.payroll.processed",
-        "erp.payroll_period.opened", "erp.payroll_period.closed",
+        "erp.payroll.paid", "erp.payroll_period.opened", "erp.payroll_period.closed",
         "erp.payroll.created", "erp.payroll.calculated", "erp.payroll.cancelled",
     ]
     assert set(subjects) == {p.subject for p in hrm.PUBLICATIONS.values()}
@@ -561,3 +563,15 @@ TestPayrollRunCommands = PayrollRunMachine.TestCase
 TestPayrollRunCommands.settings = _machine_settings
 TestEmployeeCommands = EmployeeMachine.TestCase
 TestEmployeeCommands.settings = _machine_settings
+
+
+def test_only_a_processed_run_is_paid_and_a_repeat_changes_nothing() -> None:
+    run = calculated_run()
+    with pytest.raises(NotProcessed):
+        run.mark_paid("PAY-1")
+    run.approve("cfo")
+    run.process()
+    assert run.mark_paid("PAY-1") and not run.mark_paid("PAY-1")
+    assert (run.status, run.payment_id) == (Status.PAID, "PAY-1")
+    with pytest.raises(RunLocked):
+        run.cancel("too late")

@@ -563,6 +563,7 @@ def lifecycle_events() -> list[Any]:
     po.submit()
     po.approve("alice", "approver")
     po.approve("fin", "finance")
+    assert po.link_bill("BILL-1", "open") and not po.link_bill("BILL-1", "open")
     po.receive("GR-1", [("a", D(4), D(1))], received_on="2026-02-05")
     po.receive("GR-2", [(1, D(6), D(0))], received_on="2026-02-06")
     po.close()

@@ -84,3 +84,13 @@ async def reopen(
         return opportunity
 
     return await runner.execute(ctx, decide)
+
+
+async def link_invoice(runner: CommandRunner, ctx: CommandContext, opportunity_id: UUID, invoice_id: str,
+                       status: str) -> Saved:
+    def decide(load: Loader) -> Opportunity:
+        opportunity = load.get(Opportunity, opportunity_id)
+        opportunity.link_invoice(invoice_id, status)
+        return opportunity
+
+    return await runner.execute(ctx, decide)

@@ -150,3 +150,12 @@ async def preview_payslip(
         return payslip(basic_pay, allowances, employment, rules), rules
 
     return await asyncio.to_thread(compute)
+
+
+async def mark_paid(runner: CommandRunner, ctx: CommandContext, payroll_id: UUID, payment_id: str) -> Saved:
+    def decide(load: Loader) -> PayrollRun:
+        run = load.get(PayrollRun, payroll_id)
+        run.mark_paid(payment_id)
+        return run
+
+    return await runner.execute(ctx, decide)

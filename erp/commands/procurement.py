@@ -165,3 +165,13 @@ async def close(
         return order
 
     return await runner.execute(ctx, decide)
+
+
+async def link_bill(runner: CommandRunner, ctx: CommandContext, purchase_order_id: UUID, bill_id: str,
+                    status: str) -> Saved:
+    def decide(load: Loader) -> PurchaseOrder:
+        order = load.get(PurchaseOrder, purchase_order_id)
+        order.link_bill(bill_id, status)
+        return order
+
+    return await runner.execute(ctx, decide)

@@ -57,6 +57,14 @@ class OpportunityWon(msgspec.Struct, frozen=True, kw_only=True):
     currency: str
 
 
+class OpportunityInvoiceLinked(msgspec.Struct, frozen=True, kw_only=True):
+    """Treasury invoiced the won opportunity (from treasury.invoice.created)."""
+
+    opportunity_id: UUID
+    invoice_id: str
+    status: str
+
+
 class OpportunityLost(msgspec.Struct, frozen=True, kw_only=True):
     opportunity_id: UUID
     reason: str
@@ -93,6 +101,10 @@ PUBLICATIONS: dict[type, Publication] = {
         "erp.opportunity.won", OpportunityWon, "opportunity",
         lambda e: OpportunityWon(opportunity_id=e.originator_id, customer_id=e.customer_id,
                                  amount=e.amount, currency=e.currency)),
+    domain_event(Opportunity, "InvoiceLinked"): Publication(
+        "erp.opportunity.invoice_linked", OpportunityInvoiceLinked, "opportunity",
+        lambda e: OpportunityInvoiceLinked(opportunity_id=e.originator_id, invoice_id=e.invoice_id,
+                                           status=e.status)),
     domain_event(Opportunity, "Lost"): Publication(
         "erp.opportunity.lost", OpportunityLost, "opportunity",
         lambda e: OpportunityLost(opportunity_id=e.originator_id, reason=e.reason,

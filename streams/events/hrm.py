@@ -119,6 +119,14 @@ class PayrollProcessed(msgspec.Struct, frozen=True, kw_only=True):
     employee_count: int
 
 
+class PayrollPaid(msgspec.Struct, frozen=True, kw_only=True):
+    """Treasury paid the processed run (from treasury.payment.processed)."""
+
+    payroll_id: UUID
+    period: str
+    payment_id: str
+
+
 class PayrollCancelled(msgspec.Struct, frozen=True, kw_only=True):
     payroll_id: UUID
     period: str
@@ -182,6 +190,10 @@ PUBLICATIONS: dict[type, Publication] = {
             payroll_id=e.originator_id, period=e.period, approver=e.approver,
             total_amount=e.total_amount, employee_count=e.employee_count,
         ),
+    ),
+    domain_event(PayrollRun, "Paid"): Publication(
+        "erp.payroll.paid", PayrollPaid, "payroll",
+        lambda e: PayrollPaid(payroll_id=e.originator_id, period=e.period, payment_id=e.payment_id),
     ),
     domain_event(PayrollRun, "Processed"): Publication(
         "erp.payroll.processed", PayrollProcessed, "payroll",

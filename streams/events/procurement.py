@@ -120,6 +120,14 @@ def _lines(records: list[dict[str, Any]]) -> list[PurchaseOrderLine]:
     return [PurchaseOrderLine(**r) for r in records]
 
 
+class PurchaseOrderBillLinked(msgspec.Struct, frozen=True, kw_only=True):
+    """Treasury billed the order (from treasury.bill.created)."""
+
+    purchase_order_id: UUID
+    bill_id: str
+    status: str
+
+
 PUBLICATIONS: dict[type, Publication] = {
     domain_event(PurchaseOrder, "Created"): Publication(
         "erp.purchase_order.created", PurchaseOrderCreated, AGGREGATE_TYPE,
@@ -170,6 +178,11 @@ PUBLICATIONS: dict[type, Publication] = {
             purchase_order_id=e.originator_id, vendor_id=e.vendor_id,
             total_amount=e.total_amount, currency=e.currency,
         ),
+    ),
+    domain_event(PurchaseOrder, "BillLinked"): Publication(
+        "erp.purchase_order.bill_linked", PurchaseOrderBillLinked, AGGREGATE_TYPE,
+        lambda e: PurchaseOrderBillLinked(purchase_order_id=e.originator_id, bill_id=e.bill_id,
+                                          status=e.status),
     ),
     domain_event(PurchaseOrder, "Cancelled"): Publication(
         "erp.purchase_order.cancelled", PurchaseOrderCancelled, AGGREGATE_TYPE,
