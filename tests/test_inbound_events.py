@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from typing import Any
 
@@ -179,3 +180,24 @@ async def test_facts_from_inventory_logistics_pos_iot_and_projects_are_kept_once
             ("critical", work_order)]
         assert await rows("SELECT budget::int, spent::int FROM project_budgets") == [(500000, 120000)]
         assert await rows("SELECT count(*) FROM inbound_events") == [(10,)]
+
+
+async def test_a_failing_event_is_retried_with_backoff_then_parked_while_later_ones_flow(
+    client: httpx.AsyncClient, service: Service, js: Any
+) -> None:
+    await streams(js, "inventory")
+    async with await psycopg.AsyncConnection.connect(service.endpoints.database_url, autocommit=True) as conn:
+        await conn.execute("ALTER TABLE stock_levels RENAME TO stock_levels_away")  # writes now fail
+    service.inbound[[c._durable for c in service.inbound].index("erp-inventory")]._max_deliver = 3
+    await js.publish("inventory.stock.updated", event("inventory.stock.updated", {
+        "item_id": "flour", "stock_level": 1, "warehouse_id": "w1"}))
+    await js.publish("inventory.movement.recorded", event("inventory.movement.recorded", {
+        "movement_id": "M9", "item_id": "flour", "quantity": 2}))
+    started = time.monotonic()
+    await settled(service, "erp-inventory", 2)  # the movement flowed past the failing one, then it was parked
+    assert time.monotonic() - started >= 2.9  # attempts 1 s and 2 s apart
+    inventory = consumer(service, "erp-inventory")
+    assert (inventory.handled, inventory.terminated) == (1, 1)
+    parked = await js.get_msg("ERP_DLQ", (await js.stream_info("ERP_DLQ")).state.last_seq)
+    assert parked.headers[DLQ_SUBJECT] == "inventory.stock.updated"
+    assert parked.headers[DLQ_ERROR].startswith("gave up after 3 attempts")
