@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from api import credentials, crm, health, hrm, manufacturing, procurement, settings, users
+from api import credentials, crm, health, hrm, manufacturing, procurement, settings, users, webhooks
 from api.auth import Authentication, Authenticator
 from api.middleware import BodyLimit, RequestContext
 from api.openapi import document
@@ -17,7 +17,7 @@ from erp.bootstrap import Service
 from erp.identity import token_verifier
 
 ROUTES = [*health.ROUTES, *settings.ROUTES, *crm.ROUTES, *manufacturing.ROUTES, *hrm.ROUTES,
-          *procurement.ROUTES, *credentials.ROUTES, *users.ROUTES]
+          *procurement.ROUTES, *credentials.ROUTES, *users.ROUTES, *webhooks.ROUTES]
 
 
 def create_app(service: Service, *, embedded: bool = False) -> Starlette:

@@ -26,7 +26,8 @@ from erp.identity import Forbidden, KeysUnavailable, Principal, TokenVerifier, U
 
 log = structlog.get_logger("erp.auth")
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})
+SIGNED_PREFIX = "/api/v1/webhooks/"  # authenticated by the delivery's HMAC signature instead
 
 
 class Authenticator:
@@ -72,7 +73,8 @@ class Authentication:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in PUBLIC_PATHS or path.startswith(SIGNED_PREFIX):
             await self.app(scope, receive, send)
             return
         authenticator: Authenticator = scope["app"].state.authenticator

@@ -83,7 +83,7 @@ class Service:
     positions: ReadModelPositions = field(init=False)
     relay: Relay | None = field(init=False, default=None)
     inbound: list[InboundConsumer] = field(init=False, default_factory=list)
-    inbound_pool: AsyncConnectionPool[Any] | None = field(init=False, default=None)
+    inbound_pool: AsyncConnectionPool[Any] = field(init=False)
     projectors: list[ProjectorRunner] = field(init=False, default_factory=list)
     leading: set[str] = field(init=False, default_factory=set)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
@@ -114,11 +114,12 @@ class Service:
         self.positions = ReadModelPositions(url)
         self._spawn("group-commit", self.committer.run())
         self._spawn("positions", self.positions.run())
+        # Inbound effects (from the stream or webhooks) write read models as the owner.
+        self.inbound_pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False,
+                                                kwargs={"application_name": "erp-inbound"})
+        await self.inbound_pool.open()
         if s.run_inbound:
             await ensure_dead_letter_stream(self.js, s.dead_letter_stream, s.stream_replicas)
-            self.inbound_pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False,
-                                                    kwargs={"application_name": "erp-inbound"})
-            await self.inbound_pool.open()
             for service, subs in inbound.subscriptions(self.runner, self.inbound_pool).items():
                 consumer = InboundConsumer(
                     self.js, s.inbound_streams.get(service, service.upper()), f"erp-{service}", subs,
@@ -160,8 +161,7 @@ class Service:
         with contextlib.suppress(Exception):
             await self.nc.drain()
         await self.read_pool.close()
-        if self.inbound_pool is not None:
-            await self.inbound_pool.close()
+        await self.inbound_pool.close()
         await asyncio.to_thread(close_store, self.store)
 
 

@@ -22,6 +22,10 @@ CREATE TABLE IF NOT EXISTS inbound_events (
     received_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, event_id)
 );
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    source text NOT NULL, delivery_id text NOT NULL, event_id uuid NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (source, delivery_id)
+);
 CREATE TABLE IF NOT EXISTS stock_levels (
     tenant_id text NOT NULL, item_id text NOT NULL, warehouse_id text NOT NULL,
     stock_level numeric(18, 3) NOT NULL, as_of timestamptz NOT NULL,

@@ -10,6 +10,7 @@ import psycopg
 from starlette.routing import Route
 
 from api.app import ROUTES
+from api.auth import SIGNED_PREFIX
 from erp.bootstrap import Service
 from projections.tenancy import API_ROLE, NOT_READ_MODELS, tenant_rows
 from tests.conftest import as_user, settings
@@ -72,7 +73,7 @@ async def test_every_route_answers_another_tenants_ids_with_not_found(client: ht
     checked = 0
     for route in ROUTES:
         assert isinstance(route, Route)
-        if route.path in PUBLIC:
+        if route.path in PUBLIC or route.path.startswith(SIGNED_PREFIX):  # no tenant ids to try
             continue
         path = route.path
         for name in route.param_convertors:

@@ -1,0 +1,102 @@
+"""Inbound webhooks: other services or providers post an event envelope instead of
+publishing it. Authenticated by an HMAC-SHA256 signature, not a token:
+
+    Webhook-Id: <delivery id>
+    Webhook-Timestamp: <unix seconds>
+    Webhook-Signature: sha256=<hex of HMAC-SHA256(secret, "<timestamp>." + raw body)>
+
+The secret is the tier-1 credential `webhook.<source>` of the platform (`*`). A delivery
+older (or newer) than 5 minutes is refused, each delivery id is processed once, and the
+event has the same effect, exactly once by its event_id, as if it came from the stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import msgspec
+import psycopg
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api import reads
+from api.openapi import operation
+from api.problems import BadRequest, problem
+from api.responses import JSON
+from erp import credentials, inbound
+from erp.commands import NothingChanged
+from streams import envelope as env
+from streams.inbound import context_of
+
+BASE = "/api/v1/webhooks"
+TOLERANCE_SECONDS = 300
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + digest.hexdigest()
+
+
+def _refused() -> Response:
+    return problem(401, "Unauthorized", "missing or invalid webhook signature")
+
+
+@operation(summary="Receive an event from a platform service or provider (HMAC-signed envelope)",
+           errors=(400, 401, 409, 422, 503), status=202,
+           headers=(("Webhook-Id", "the delivery's id: processed once"),
+                    ("Webhook-Timestamp", "unix seconds; refused when more than 5 minutes off"),
+                    ("Webhook-Signature", "sha256=<hex HMAC-SHA256 of '<timestamp>.' + raw body>")))
+async def receive(request: Request) -> Response:
+    service = reads.service(request)
+    source: str = request.path_params["source"]
+    delivery, stamp = request.headers.get("webhook-id"), request.headers.get("webhook-timestamp", "")
+    given = request.headers.get("webhook-signature", "")
+    if not delivery or not stamp.isdigit() or abs(time.time() - int(stamp)) > TOLERANCE_SECONDS:
+        return _refused()
+    if service.keyring is None:
+        return problem(503, "Service unavailable", "webhooks need the tier-1 master keys")
+    body = await request.body()
+    url = service.endpoints.database_url
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        try:
+            secret = await credentials.reveal(conn, service.keyring, credentials.PLATFORM,
+                                              f"webhook.{source}")
+        except credentials.CredentialError:
+            return _refused()
+        if not hmac.compare_digest(signature(secret, stamp, body), given):
+            return _refused()
+        seen = await conn.execute(
+            "SELECT 1 FROM webhook_deliveries WHERE source = %s AND delivery_id = %s", (source, delivery))
+        if await seen.fetchone():
+            return JSON({"status": "duplicate"}, status_code=202)
+        event = await _handle(service, body)
+        await conn.execute("INSERT INTO webhook_deliveries (source, delivery_id, event_id) "
+                           "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (source, delivery, event.event_id))
+    return JSON({"status": "processed", "event_id": event.event_id}, status_code=202)
+
+
+async def _handle(service: Any, body: bytes) -> env.Envelope[Any]:
+    try:
+        event_type = msgspec.json.decode(body, type=dict[str, Any]).get("event_type", "")
+    except msgspec.DecodeError:
+        raise BadRequest("the body must be an event envelope (JSON)", field="body") from None
+    found = next((s for subs in inbound.subscriptions(service.runner, service.inbound_pool).values()
+                  for s in subs if s.subject == event_type), None)
+    if found is None:
+        raise BadRequest(f"event_type {event_type!r} is not one this service consumes",
+                         field="body.event_type")
+    try:
+        event = env.decode(body, found.payload)
+    except msgspec.DecodeError as error:
+        raise BadRequest(f"malformed {event_type}: {error}", field="body") from None
+    with contextlib.suppress(NothingChanged):  # already as it says: a repeat
+        await found.handle(event, context_of(event, event_type, body))
+    return event
+
+
+ROUTES = [Route(BASE + "/{source:str}", receive, methods=["POST"])]

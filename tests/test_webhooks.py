@@ -1,0 +1,61 @@
+"""Inbound webhooks: an HMAC-signed event envelope has the same effect as the event from
+the stream, once per delivery id and once per event_id; stale or unsigned ones are refused."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import httpx
+import psycopg
+
+from api.webhooks import signature
+from erp import credentials
+from erp.bootstrap import Service
+
+OPPORTUNITIES = "/api/v1/crm/opportunities"
+SECRET = "whsec-test-fixture-0123456789"  # a test fixture, not a secret
+
+
+async def test_a_signed_delivery_is_processed_once_and_forgeries_are_refused(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    assert service.keyring is not None
+    async with await psycopg.AsyncConnection.connect(service.endpoints.database_url, autocommit=True) as conn:
+        await credentials.put(conn, service.keyring, credentials.PLATFORM, "webhook.treasury", SECRET,
+                              actor="test")
+    opportunity = (await client.post(OPPORTUNITIES, json={"customer_id": "c", "title": "t", "owner": "o",
+                                                          "amount": 10})).json()["id"]
+    await client.post(f"{OPPORTUNITIES}/{opportunity}/win", json={})
+    body = json.dumps({"event_id": str(uuid.uuid4()), "event_type": "treasury.invoice.created",
+                       "tenant_id": "tenant-a", "timestamp": "2026-11-25T10:30:00Z",
+                       "data": {"invoice_id": "INV-W1", "opportunity_id": opportunity,
+                                "status": "sent"}}).encode()
+
+    def signed(delivery: str, at: int | None = None, secret: str = SECRET) -> dict[str, str]:
+        stamp = str(at if at is not None else int(time.time()))
+        return {"Authorization": "", "Webhook-Id": delivery, "Webhook-Timestamp": stamp,
+                "Webhook-Signature": signature(secret, stamp, body), "Content-Type": "application/json"}
+
+    url = "/api/v1/webhooks/treasury"
+    first = await client.post(url, content=body, headers=signed("d-1"))
+    assert (first.status_code, first.json()["status"]) == (202, "processed"), first.text
+    again = await client.post(url, content=body, headers=signed("d-1"))
+    assert (again.status_code, again.json()["status"]) == (202, "duplicate")
+    other_delivery = await client.post(url, content=body, headers=signed("d-2"))  # same event: no 2nd effect
+    assert other_delivery.status_code == 202
+    async with await psycopg.AsyncConnection.connect(service.endpoints.database_url) as conn:
+        cur = await conn.execute("SELECT count(*) FROM erp_events WHERE originator_id = %s "
+                                 "AND topic LIKE '%%InvoiceLinked'", (opportunity,))
+        assert await cur.fetchone() == (1,)
+
+    for refused in (signed("d-3", at=int(time.time()) - 301),  # older than 5 minutes
+                    signed("d-4", secret="guessed"),  # another secret
+                    {**signed("d-5"), "Webhook-Signature": ""}):
+        response = await client.post(url, content=body, headers=refused)
+        assert response.status_code == 401, refused
+    unknown_source = await client.post("/api/v1/webhooks/nobody", content=body, headers=signed("d-6"))
+    assert unknown_source.status_code == 401
+    tampered = await client.post(url, content=body.replace(b"INV-W1", b"INV-X9"), headers=signed("d-7"))
+    assert tampered.status_code == 401
