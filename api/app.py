@@ -8,7 +8,18 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from api import credentials, crm, health, hrm, manufacturing, procurement, settings, users, webhooks
+from api import (
+    credentials,
+    crm,
+    health,
+    hrm,
+    manufacturing,
+    metrics,
+    procurement,
+    settings,
+    users,
+    webhooks,
+)
 from api.auth import Authentication, Authenticator
 from api.middleware import BodyLimit, RequestContext
 from api.openapi import document
@@ -16,7 +27,7 @@ from api.problems import EXCEPTION_HANDLERS
 from erp.bootstrap import Service
 from erp.identity import token_verifier
 
-ROUTES = [*health.ROUTES, *settings.ROUTES, *crm.ROUTES, *manufacturing.ROUTES, *hrm.ROUTES,
+ROUTES = [*health.ROUTES, *metrics.ROUTES, *settings.ROUTES, *crm.ROUTES, *manufacturing.ROUTES, *hrm.ROUTES,
           *procurement.ROUTES, *credentials.ROUTES, *users.ROUTES, *webhooks.ROUTES]
 
 

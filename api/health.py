@@ -31,7 +31,10 @@ async def readyz(request: Request) -> Response:
     checks["nats"] = "ok" if service.nc.is_connected else "unreachable"
     ready = all(v == "ok" for v in checks.values())
     return JSON({"status": "ready" if ready else "not ready", "checks": checks,
-                 "leading": sorted(service.leading)},
+                 "leading": sorted(service.leading),
+                 "inbound": [{"consumer": c.durable, "handled": c.handled, "parked": c.terminated,
+                              "pending": c.pending} for c in service.inbound],
+                 "peers": service.peer_policy.health()},
                 status_code=200 if ready else 503)
 
 

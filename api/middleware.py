@@ -10,6 +10,7 @@ import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.metrics import observe_request
 from api.problems import BodyTooLarge, problem
 
 log = structlog.get_logger("erp.access")
@@ -69,8 +70,11 @@ class RequestContext:
             else:
                 await self.app(scope, receive, send_with_ids)
         finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            observe_request(scope["method"], getattr(route, "path", "unmatched"), status, seconds)
             log.info("request", method=scope["method"], path=path, status=status,
-                     ms=round((time.perf_counter() - started) * 1000, 2))
+                     ms=round(seconds * 1000, 2))
             structlog.contextvars.clear_contextvars()
 
 

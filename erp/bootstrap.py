@@ -20,6 +20,7 @@ from erp.commands import CommandRunner
 from erp.embedded import EmbeddedNats, EmbeddedPostgres
 from erp.eventstore import ErpEventStore, GroupCommitter, close_store, store_for
 from erp.settings import Settings
+from integrations.policy import Policy
 from projections import references
 from projections.base import Projection
 from projections.opportunities import OpportunitiesProjection
@@ -80,6 +81,7 @@ class Service:
     js: JetStreamContext = field(init=False)
     read_pool: AsyncConnectionPool[Any] = field(init=False)
     keyring: credentials.Keyring | None = field(init=False, default=None)  # tier-1 master keys
+    peer_policy: Policy = field(init=False, default_factory=Policy)  # breakers of the peers we call
     positions: ReadModelPositions = field(init=False)
     relay: Relay | None = field(init=False, default=None)
     inbound: list[InboundConsumer] = field(init=False, default_factory=list)

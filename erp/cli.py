@@ -165,3 +165,28 @@ def _run_until_signal(settings: Settings, endpoints: Endpoints) -> None:
             await service.stop()
 
     asyncio.run(run())
+
+
+@main.group(help="The platform services we exchange events and calls with.")
+def integrations() -> None:
+    pass
+
+
+@integrations.command("health", help="Each peer's circuit and each inbound consumer, from a running service.")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The service to ask.")
+def integrations_health(url: str) -> None:
+    import httpx
+
+    try:
+        ready = httpx.get(f"{url.rstrip('/')}/readyz", timeout=5).json()
+    except (httpx.HTTPError, ValueError) as error:
+        raise click.ClickException(f"{url}: {error}") from None
+    click.echo(f"service: {ready['status']} ({', '.join(f'{k} {v}' for k, v in ready['checks'].items())})")
+    for peer in ready.get("peers", []):
+        click.echo(f"peer {peer['peer']}: {peer['state']}, {peer['consecutive_failures']} failures in a row"
+                   + (f", last error: {peer['last_error']}" if peer.get("last_error") else ""))
+    if not ready.get("peers"):
+        click.echo("peers: none called yet by this process")
+    for consumer in ready.get("inbound", []):
+        click.echo(f"consumer {consumer['consumer']}: {consumer['handled']} handled, "
+                   f"{consumer['parked']} parked, {consumer['pending']} pending")

@@ -105,6 +105,7 @@ class InboundConsumer:
         self._ack_wait = ack_wait_seconds
         self.handled = 0
         self.terminated = 0  # parked in the dead-letter stream
+        self.pending = 0  # in the stream for this consumer, as of the last delivery
 
     async def run(self) -> None:
         sub = await self._subscribe()
@@ -133,8 +134,13 @@ class InboundConsumer:
                 await asyncio.sleep(STREAM_WAIT_SECONDS)
         raise AssertionError("unreachable")
 
+    @property
+    def durable(self) -> str:
+        return self._durable
+
     async def _deliver(self, msg: Any) -> None:
         attempt = msg.metadata.num_delivered
+        self.pending = msg.metadata.num_pending
         try:
             await self._handle(msg)
         except Unhandleable as refused:
