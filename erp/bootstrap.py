@@ -21,6 +21,8 @@ from erp.embedded import EmbeddedNats, EmbeddedPostgres
 from erp.eventstore import ErpEventStore, GroupCommitter, close_store, store_for
 from erp.settings import Settings
 from integrations.policy import Policy
+from integrations.reactions import TreasuryReactions
+from integrations.transport import PeerTransport
 from projections import references
 from projections.base import Projection
 from projections.opportunities import OpportunitiesProjection
@@ -82,6 +84,8 @@ class Service:
     read_pool: AsyncConnectionPool[Any] = field(init=False)
     keyring: credentials.Keyring | None = field(init=False, default=None)  # tier-1 master keys
     peer_policy: Policy = field(init=False, default_factory=Policy)  # breakers of the peers we call
+    peer_transport: PeerTransport = field(init=False)
+    reactions: TreasuryReactions | None = field(init=False, default=None)
     positions: ReadModelPositions = field(init=False)
     relay: Relay | None = field(init=False, default=None)
     inbound: list[InboundConsumer] = field(init=False, default_factory=list)
@@ -130,6 +134,12 @@ class Service:
                 )
                 self.inbound.append(consumer)
                 self._spawn(f"inbound:{service}", consumer.run())
+        self.peer_transport = PeerTransport(self.peer_policy)
+        if s.run_reactions:
+            self.reactions = TreasuryReactions(
+                self.js, s.stream, self.runner, self.inbound_pool, self.keyring, self.peer_transport,
+                self.positions, s.dead_letter_stream, max_deliver=s.inbound_max_deliver)
+            self._spawn("reactions:treasury", self.reactions.run())
         if s.run_relay:
             self.relay = Relay(
                 self.store, url, self.nc, s.stream, batch_size=s.relay_batch_size,
@@ -164,6 +174,7 @@ class Service:
             await self.nc.drain()
         await self.read_pool.close()
         await self.inbound_pool.close()
+        await self.peer_transport.aclose()
         await asyncio.to_thread(close_store, self.store)
 
 

@@ -54,7 +54,7 @@ def serve(host: str, port: int, workers_only: bool) -> None:
 
 @main.command(help="Run only the relay (event store to JetStream).")
 def relay() -> None:
-    settings = Settings(run_projectors=False, run_inbound=False)
+    settings = Settings(run_projectors=False, run_inbound=False, run_reactions=False)
     logs.configure(settings.log_level, json=settings.log_json)
     with servers(settings) as endpoints:
         _run_until_signal(settings, endpoints)
@@ -62,7 +62,7 @@ def relay() -> None:
 
 @main.command(help="Run only the projectors (JetStream to read models).")
 def project() -> None:
-    settings = Settings(run_relay=False, run_inbound=False)
+    settings = Settings(run_relay=False, run_inbound=False, run_reactions=False)
     logs.configure(settings.log_level, json=settings.log_json)
     with servers(settings) as endpoints:
         _run_until_signal(settings, endpoints)

@@ -71,6 +71,10 @@ def replay(seqs: tuple[int, ...], everything: bool, consumer: str | None) -> Non
             (seq, await _get(js, stream, seq)) for seq in seqs]
         for seq, msg in chosen:
             subject = (msg.headers or {})[DLQ_SUBJECT]
+            if subject.startswith("erp."):  # a reaction's: only the relay writes the ERP stream
+                click.echo(f"skipped {seq}: {subject} is our own event (a treasury reaction's); it "
+                           "cannot be republished — see `erp dead-letters show`")
+                continue
             ack = await js.publish(subject, msg.data)
             await js.delete_msg(stream, seq)
             click.echo(f"replayed {seq} to {subject} (stream {ack.stream} seq {ack.seq}); "

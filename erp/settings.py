@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     run_relay: bool = Field(default=True, description="Take part in relay leadership.")
     run_projectors: bool = Field(default=True, description="Take part in projector leadership.")
     run_inbound: bool = Field(default=True, description="Consume other services' events.")
+    run_reactions: bool = Field(
+        default=True, description="Call treasury over REST for tenants configured for it."
+    )
     inbound_streams: dict[str, str] = Field(
         default={"auth": "AUTH", "treasury": "TREASURY", "inventory": "INVENTORY",
                  "logistics": "LOGISTICS", "pos": "POS", "iot": "IOT", "projects": "PROJECTS"},

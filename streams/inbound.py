@@ -88,6 +88,20 @@ async def ensure_dead_letter_stream(js: JetStreamContext, name: str, replicas: i
         await js.add_stream(config)
 
 
+async def park(js: JetStreamContext, dead_letters: str, durable: str, stream: str, msg: Any, reason: str,
+               attempts: int) -> None:
+    """Into the dead-letter stream with the reason, then off its consumer; published with an
+    id of its origin, so parking twice (a crash in between) keeps one copy."""
+    seq = msg.metadata.sequence.stream
+    await js.publish(
+        f"dlq.{durable}.{msg.subject}", msg.data, stream=dead_letters,
+        headers={DLQ_CONSUMER: durable, DLQ_ERROR: reason[:2000], DLQ_ATTEMPTS: str(attempts),
+                 DLQ_STREAM: stream, DLQ_STREAM_SEQ: str(seq), DLQ_SUBJECT: msg.subject,
+                 "Nats-Msg-Id": f"{stream}:{seq}:{attempts}"})
+    log.error("event parked", consumer=durable, subject=msg.subject, reason=reason, stream_seq=seq)
+    await msg.term()
+
+
 class InboundConsumer:
     def __init__(self, js: JetStreamContext, stream: str, durable: str,
                  subscriptions: Sequence[Subscription], *, dead_letters: str, max_deliver: int = 20,
@@ -158,17 +172,8 @@ class InboundConsumer:
             await msg.ack()
 
     async def _park(self, msg: Any, reason: str, attempts: int) -> None:
-        """Into the dead-letter stream with the reason, then off this consumer; published
-        with an id of its origin, so parking twice (a crash in between) keeps one copy."""
-        seq = msg.metadata.sequence.stream
-        await self._js.publish(
-            f"dlq.{self._durable}.{msg.subject}", msg.data, stream=self._dead_letters,
-            headers={DLQ_CONSUMER: self._durable, DLQ_ERROR: reason[:2000], DLQ_ATTEMPTS: str(attempts),
-                     DLQ_STREAM: self._stream, DLQ_STREAM_SEQ: str(seq), DLQ_SUBJECT: msg.subject,
-                     "Nats-Msg-Id": f"{self._stream}:{seq}:{attempts}"})
+        await park(self._js, self._dead_letters, self._durable, self._stream, msg, reason, attempts)
         self.terminated += 1
-        log.error("inbound event parked", subject=msg.subject, reason=reason, stream_seq=seq)
-        await msg.term()
 
     async def _handle(self, msg: Any) -> None:
         subscription = self._by_subject.get(msg.subject)

@@ -1,0 +1,180 @@
+"""Treasury work that ERP events call for, done over REST for tenants that configure it.
+
+By default treasury subscribes to our subjects and does the work itself. A tenant whose
+treasury is reached over REST instead has the tier-1 credentials `peer.treasury.url` and
+`peer.treasury.credential`; for it, this reaction calls treasury and records the answer
+as an event: opportunity won → invoice (InvoiceLinked), purchase order received → bill
+(BillLinked), payroll processed → payment (Paid once treasury reports it processed).
+
+The reaction reads the ERP stream through its own durable consumer (its checkpoint, kept
+by JetStream across restarts). Each call's Idempotency-Key derives from the event, so a
+redelivery or a retry never makes a second invoice; recording the answer is a command
+keyed by the event too. An unreachable treasury is retried with backoff (or when its
+breaker half-opens); a refusal is parked in the dead-letter stream with its reason.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import structlog
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from psycopg_pool import AsyncConnectionPool
+
+from aggregates.errors import DomainError
+from erp import credentials
+from erp.commands import CommandContext, CommandRunner, NothingChanged, crm, hrm, procurement
+from erp.eventstore import EventMetadata
+from erp.idempotency import INBOUND_KEY_PREFIX, IdempotencyKey
+from integrations.policy import PeerFailed, PeerRefused, PeerResponseInvalid, PeerUnavailable, idempotency_key
+from integrations.transport import PeerConfig, PeerTransport
+from integrations.treasury import BillRequest, InvoiceRequest, PayeeLine, PayrollPaymentRequest, Treasury
+from projections.positions import ReadModelPositions
+from streams import envelope as env
+from streams.catalogue import PAYLOADS_BY_SUBJECT
+from streams.inbound import backoff, park
+from streams.jetstream import header
+
+log = structlog.get_logger("erp.reactions")
+
+SUBJECTS = ("erp.opportunity.won", "erp.purchase_order.received", "erp.payroll.processed")
+CONFIG_CACHE_SECONDS = 60.0
+DURABLE = "erp-reactions"
+
+
+class Park(Exception):
+    """Treasury refused or answered something unusable: a person must look."""
+
+
+class TreasuryReactions:
+    def __init__(self, js: JetStreamContext, stream: str, runner: CommandRunner,
+                 pool: AsyncConnectionPool[Any], keyring: credentials.Keyring | None,
+                 transport: PeerTransport, positions: ReadModelPositions, dead_letters: str, *,
+                 max_deliver: int = 20) -> None:
+        self._js = js
+        self._stream = stream
+        self._runner = runner
+        self._pool = pool
+        self._keyring = keyring
+        self._transport = transport
+        self._positions = positions
+        self._dead_letters = dead_letters
+        self.parked = 0
+        self._max_deliver = max_deliver
+        self._configs: dict[str, tuple[float, PeerConfig | None]] = {}
+        self.called = 0
+        self.skipped = 0  # events of tenants whose treasury subscribes itself
+
+    async def run(self) -> None:
+        config = ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT,
+                                deliver_policy=DeliverPolicy.NEW, ack_wait=120, max_deliver=self._max_deliver,
+                                filter_subjects=list(SUBJECTS), max_ack_pending=100)
+        await self._js.add_consumer(self._stream, config)
+        sub = await self._js.pull_subscribe_bind(durable=DURABLE, stream=self._stream)
+        while True:
+            try:
+                messages = await sub.fetch(16, timeout=5)
+            except NatsTimeout:
+                continue
+            for msg in messages:
+                await self._deliver(msg)
+
+    async def _deliver(self, msg: Any) -> None:
+        attempt = msg.metadata.num_delivered
+        try:
+            await self._react(msg)
+        except (Park, PeerRefused, PeerResponseInvalid, DomainError) as refused:
+            await self._park(msg, f"treasury reaction refused: {refused}", attempt)
+        except PeerUnavailable as closed:  # the breaker is open: come back when it half-opens
+            wait = (closed.retry_at - datetime.now(UTC)).total_seconds() if closed.retry_at else 5.0
+            await msg.nak(delay=max(1.0, wait))
+        except (PeerFailed, psycopg.OperationalError, OSError) as error:
+            if attempt >= self._max_deliver:
+                await self._park(msg, f"gave up after {attempt} attempts: {error!r}", attempt)
+            else:
+                log.warning("treasury reaction failed; retrying", subject=msg.subject, attempt=attempt,
+                            error=repr(error))
+                await msg.nak(delay=backoff(attempt))
+        else:
+            await msg.ack()
+
+    async def _park(self, msg: Any, reason: str, attempts: int) -> None:
+        await park(self._js, self._dead_letters, DURABLE, self._stream, msg, reason, attempts)
+        self.parked += 1
+
+    async def _react(self, msg: Any) -> None:
+        event = env.decode(msg.data, PAYLOADS_BY_SUBJECT[msg.subject])
+        config = await self._config(event.tenant_id)
+        if config is None:
+            self.skipped += 1
+            return
+        treasury = Treasury(self._transport.peer(config))
+        event_id, data = str(event.event_id), event.data
+        payload: Any = data  # the subject says which of the three payloads it is
+        tenant, correlation = event.tenant_id, header(msg, env.CORRELATION_ID)
+        ctx = CommandContext(
+            tenant_id=tenant,
+            metadata=EventMetadata(tenant, correlation or event_id, event_id, actor="service:treasury"),
+            idempotency=IdempotencyKey.of(f"{INBOUND_KEY_PREFIX}reaction:{event_id}", "REACTION",
+                                          msg.subject, msg.data),
+        )
+        self.called += 1
+        try:
+            match msg.subject:
+                case "erp.opportunity.won":
+                    invoice = await treasury.create_invoice(tenant, InvoiceRequest(
+                        customer_id=payload.customer_id, opportunity_id=payload.opportunity_id,
+                        amount=payload.amount, currency=payload.currency),
+                        idempotency_key=idempotency_key(event_id, "treasury.invoice"),
+                        correlation_id=correlation)
+                    await crm.link_invoice(self._runner, ctx, payload.opportunity_id, invoice.invoice_id,
+                                           invoice.status or "draft")
+                case "erp.purchase_order.received":
+                    bill = await treasury.create_bill(tenant, BillRequest(
+                        purchase_order_id=payload.purchase_order_id, vendor_id=payload.vendor_id,
+                        total_amount=payload.total_amount, currency=payload.currency),
+                        idempotency_key=idempotency_key(event_id, "treasury.bill"),
+                        correlation_id=correlation)
+                    await procurement.link_bill(self._runner, ctx, payload.purchase_order_id, bill.bill_id,
+                                                bill.status or "open")
+                case "erp.payroll.processed":
+                    position = int(header(msg, env.LOG_POSITION) or 0)
+                    payees = await self._payees(tenant, payload.payroll_id, position)
+                    payment = await treasury.pay_payroll(tenant, PayrollPaymentRequest(
+                        payroll_id=payload.payroll_id, period=payload.period, amount=payload.total_amount,
+                        currency="KES", payees=payees),
+                        idempotency_key=idempotency_key(event_id, "treasury.payroll_payment"),
+                        correlation_id=correlation)
+                    if payment.status in ("processed", "paid"):  # else treasury.payment.processed follows
+                        await hrm.mark_paid(self._runner, ctx, payload.payroll_id, payment.payment_id)
+        except NothingChanged:
+            pass
+
+    async def _payees(self, tenant: str, payroll_id: Any, position: int) -> list[PayeeLine]:
+        await self._positions.wait("payroll", position, 30.0)  # the run's payslips are in the read model
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT employee_id, net_pay FROM payslips WHERE tenant_id = %s "
+                                     "AND payroll_id = %s ORDER BY employee_id", (tenant, payroll_id))
+            return [PayeeLine(employee_id=str(e), amount=amount) for e, amount in await cur.fetchall()]
+
+    async def _config(self, tenant: str) -> PeerConfig | None:
+        cached = self._configs.get(tenant)
+        if cached is not None and time.monotonic() - cached[0] < CONFIG_CACHE_SECONDS:
+            return cached[1]
+        found: PeerConfig | None = None
+        if self._keyring is not None:
+            async with self._pool.connection() as conn:
+                try:
+                    url = await credentials.reveal(conn, self._keyring, tenant, "peer.treasury.url")
+                    secret = await credentials.reveal(conn, self._keyring, tenant,
+                                                      "peer.treasury.credential")
+                    found = PeerConfig(name="treasury", base_url=url, credential=secret)
+                except credentials.CredentialNotFound:
+                    found = None
+        self._configs[tenant] = (time.monotonic(), found)
+        return found

@@ -1,0 +1,61 @@
+"""For a tenant whose treasury is reached over REST, ERP events become treasury calls —
+once each, however often retried — and treasury's answers become events here."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import psycopg
+
+from erp import credentials
+from erp.bootstrap import Service
+from tests.conftest import as_user, eventually
+from tests.test_peers import Answer, StubPeer
+from tests.test_procurement_api import approved
+
+OPPORTUNITIES = "/api/v1/crm/opportunities"
+ORDERS = "/api/v1/procurement/purchase-orders"
+ANSWER = b'{"invoice_id": "INV-REST-1", "bill_id": "BILL-REST-1", "status": "draft"}'
+
+
+async def configure_rest_treasury(service: Service, tenant: str, url: str) -> None:
+    assert service.keyring is not None
+    async with await psycopg.AsyncConnection.connect(service.endpoints.database_url, autocommit=True) as conn:
+        await credentials.put(conn, service.keyring, tenant, "peer.treasury.url", url, actor="test")
+        await credentials.put(conn, service.keyring, tenant, "peer.treasury.credential",
+                              "Bearer treasury-test-token", actor="test")  # a test fixture
+
+
+async def test_won_and_received_become_one_invoice_and_one_bill_each_recorded_here(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    with StubPeer() as treasury:
+        treasury.default = Answer(status=201, body=ANSWER)
+        treasury.answer(Answer(status=503))  # the first call fails: retried with the same key
+        await configure_rest_treasury(service, "tenant-a", treasury.url)
+        body = {"customer_id": "c", "title": "t", "owner": "o", "amount": 1000}
+        mine = (await client.post(OPPORTUNITIES, json=body)).json()["id"]
+        await client.post(f"{OPPORTUNITIES}/{mine}/win", json={})
+        theirs = (await client.post(OPPORTUNITIES, json=body, headers=as_user("tenant-b"))).json()["id"]
+        await client.post(f"{OPPORTUNITIES}/{theirs}/win", json={}, headers=as_user("tenant-b"))
+        order = await approved(client)
+        await client.post(f"{ORDERS}/{order}/receive",
+                          json={"lines": [{"line_no": 1, "accepted_quantity": 10}]})
+
+        async def linked() -> bool:
+            opportunity = (await client.get(f"{OPPORTUNITIES}/{mine}")).json()
+            purchase = (await client.get(f"{ORDERS}/{order}")).json()
+            return bool(opportunity["invoice_id"] == "INV-REST-1" and purchase["bill_id"] == "BILL-REST-1")
+        await eventually(linked, timeout=20)
+
+        invoices = [s for s in treasury.seen if s.path == "/api/v1/treasury/invoices"]
+        bills = [s for s in treasury.seen if s.path == "/api/v1/treasury/bills"]
+        assert len(bills) == 1 and len(invoices) + len(bills) == len(treasury.seen) == 3
+        assert len({s.headers["idempotency-key"] for s in invoices}) == 1  # the retry: same key
+        # tenant-b's treasury subscribes to our subjects itself: no call for it
+        assert {s.headers["x-tenant-id"] for s in treasury.seen} == {"tenant-a"}
+        assert invoices[0].headers["authorization"] == "Bearer treasury-test-token"
+        sent = json.loads(invoices[-1].body)
+        assert (sent["opportunity_id"], sent["amount"], sent["currency"]) == (mine, 1000, "KES")
+        assert service.reactions is not None and service.reactions.skipped == 1
