@@ -18,6 +18,7 @@ from api import (
     procurement,
     settings,
     users,
+    webhook_endpoints,
     webhooks,
 )
 from api.auth import Authentication, Authenticator
@@ -28,7 +29,8 @@ from erp.bootstrap import Service
 from erp.identity import token_verifier
 
 ROUTES = [*health.ROUTES, *metrics.ROUTES, *settings.ROUTES, *crm.ROUTES, *manufacturing.ROUTES, *hrm.ROUTES,
-          *procurement.ROUTES, *credentials.ROUTES, *users.ROUTES, *webhooks.ROUTES]
+          *procurement.ROUTES, *credentials.ROUTES, *users.ROUTES, *webhooks.ROUTES,
+          *webhook_endpoints.ROUTES]
 
 
 def create_app(service: Service, *, embedded: bool = False) -> Starlette:

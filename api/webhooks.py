@@ -13,7 +13,6 @@ event has the same effect, exactly once by its event_id, as if it came from the 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import time
 from typing import Any
@@ -30,16 +29,12 @@ from api.problems import BadRequest, problem
 from api.responses import JSON
 from erp import credentials, inbound
 from erp.commands import NothingChanged
+from integrations.webhooks import sign
 from streams import envelope as env
 from streams.inbound import context_of
 
 BASE = "/api/v1/webhooks"
 TOLERANCE_SECONDS = 300
-
-
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + digest.hexdigest()
 
 
 def _refused() -> Response:
@@ -68,7 +63,7 @@ async def receive(request: Request) -> Response:
                                               f"webhook.{source}")
         except credentials.CredentialError:
             return _refused()
-        if not hmac.compare_digest(signature(secret, stamp, body), given):
+        if not hmac.compare_digest(sign(secret, stamp, body), given):
             return _refused()
         seen = await conn.execute(
             "SELECT 1 FROM webhook_deliveries WHERE source = %s AND delivery_id = %s", (source, delivery))

@@ -20,9 +20,11 @@ from erp.commands import CommandRunner
 from erp.embedded import EmbeddedNats, EmbeddedPostgres
 from erp.eventstore import ErpEventStore, GroupCommitter, close_store, store_for
 from erp.settings import Settings
+from integrations import webhooks
 from integrations.policy import Policy
 from integrations.reactions import TreasuryReactions
 from integrations.transport import PeerTransport
+from integrations.webhooks import WebhookDeliveries
 from projections import references
 from projections.base import Projection
 from projections.opportunities import OpportunitiesProjection
@@ -86,6 +88,7 @@ class Service:
     peer_policy: Policy = field(init=False, default_factory=Policy)  # breakers of the peers we call
     peer_transport: PeerTransport = field(init=False)
     reactions: TreasuryReactions | None = field(init=False, default=None)
+    webhooks: WebhookDeliveries | None = field(init=False, default=None)
     positions: ReadModelPositions = field(init=False)
     relay: Relay | None = field(init=False, default=None)
     inbound: list[InboundConsumer] = field(init=False, default_factory=list)
@@ -104,6 +107,7 @@ class Service:
                 await ensure_schema(conn, projection)
             await credentials.ensure_schema(conn)
             await conn.execute(references.DDL)
+            await conn.execute(webhooks.DDL)
             await isolate_tenants(conn)
             await api_keys.ensure_schema(conn)
         self.committer = GroupCommitter(self.store, s.group_commit_max)
@@ -140,6 +144,9 @@ class Service:
                 self.js, s.stream, self.runner, self.inbound_pool, self.keyring, self.peer_transport,
                 self.positions, s.dead_letter_stream, max_deliver=s.inbound_max_deliver)
             self._spawn("reactions:treasury", self.reactions.run())
+            self.webhooks = WebhookDeliveries(self.js, s.stream, self.inbound_pool, self.keyring,
+                                              max_attempts=s.inbound_max_deliver)
+            self._spawn("webhooks", self.webhooks.run())
         if s.run_relay:
             self.relay = Relay(
                 self.store, url, self.nc, s.stream, batch_size=s.relay_batch_size,

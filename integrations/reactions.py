@@ -37,7 +37,7 @@ from integrations.treasury import BillRequest, InvoiceRequest, PayeeLine, Payrol
 from projections.positions import ReadModelPositions
 from streams import envelope as env
 from streams.catalogue import PAYLOADS_BY_SUBJECT
-from streams.inbound import backoff, park
+from streams.inbound import backoff, park, release
 from streams.jetstream import header
 
 log = structlog.get_logger("erp.reactions")
@@ -76,13 +76,16 @@ class TreasuryReactions:
                                 filter_subjects=list(SUBJECTS), max_ack_pending=100)
         await self._js.add_consumer(self._stream, config)
         sub = await self._js.pull_subscribe_bind(durable=DURABLE, stream=self._stream)
-        while True:
-            try:
-                messages = await sub.fetch(16, timeout=5)
-            except NatsTimeout:
-                continue
-            for msg in messages:
-                await self._deliver(msg)
+        try:
+            while True:
+                try:
+                    messages = await sub.fetch(16, timeout=5)
+                except NatsTimeout:
+                    continue
+                for msg in messages:
+                    await self._deliver(msg)
+        finally:
+            await release(sub)
 
     async def _deliver(self, msg: Any) -> None:
         attempt = msg.metadata.num_delivered

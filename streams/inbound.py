@@ -12,6 +12,7 @@ The consumer then moves on. `erp dead-letters` lists, shows and replays them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,12 @@ class Subscription:
 
 class Unhandleable(Exception):
     """This message will never succeed: it is not retried."""
+
+
+async def release(sub: Any) -> None:
+    """Ends a pull subscription; one left open holds the connection's drain for 30 s."""
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()
 
 
 def backoff(attempt: int) -> float:
@@ -124,13 +131,16 @@ class InboundConsumer:
     async def run(self) -> None:
         sub = await self._subscribe()
         log.info("consuming", stream=self._stream, durable=self._durable, subjects=sorted(self._by_subject))
-        while True:
-            try:
-                messages = await sub.fetch(self._batch, timeout=5)
-            except NatsTimeout:
-                continue
-            for msg in messages:
-                await self._deliver(msg)
+        try:
+            while True:
+                try:
+                    messages = await sub.fetch(self._batch, timeout=5)
+                except NatsTimeout:
+                    continue
+                for msg in messages:
+                    await self._deliver(msg)
+        finally:
+            await release(sub)
 
     async def _subscribe(self) -> Any:
         config = ConsumerConfig(

@@ -10,9 +10,11 @@ import uuid
 import httpx
 import psycopg
 
-from api.webhooks import signature
 from erp import credentials
 from erp.bootstrap import Service
+from integrations.webhooks import sign as signature
+from tests.conftest import as_user, eventually
+from tests.test_peers import Answer, StubPeer
 
 OPPORTUNITIES = "/api/v1/crm/opportunities"
 SECRET = "whsec-test-fixture-0123456789"  # a test fixture, not a secret
@@ -59,3 +61,39 @@ async def test_a_signed_delivery_is_processed_once_and_forgeries_are_refused(
     assert unknown_source.status_code == 401
     tampered = await client.post(url, content=body.replace(b"INV-W1", b"INV-X9"), headers=signed("d-7"))
     assert tampered.status_code == 401
+
+
+async def test_a_registered_endpoint_gets_each_chosen_event_signed_retried_and_visible(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    with StubPeer() as receiver:
+        receiver.answer(Answer(status=503))  # the first delivery fails: retried
+        receiver.default = Answer(status=204, body=b"")
+        refused = await client.post("/api/v1/settings/webhooks", json={
+            "url": receiver.url, "event_types": ["erp.opportunity.exploded"]})
+        assert refused.status_code == 422
+        registered = await client.post("/api/v1/settings/webhooks", json={
+            "url": f"{receiver.url}/hooks/erp", "event_types": ["erp.opportunity.won"]})
+        assert registered.status_code == 201, registered.text
+        endpoint, secret = registered.json()["endpoint_id"], registered.json()["secret"]
+        listed = (await client.get("/api/v1/settings/webhooks")).json()["items"]
+        assert [e["endpoint_id"] for e in listed] == [endpoint] and "secret" not in listed[0]
+
+        opportunity = (await client.post(OPPORTUNITIES, json={"customer_id": "c", "title": "t", "owner": "o",
+                                                              "amount": 10})).json()["id"]
+        await client.post(f"{OPPORTUNITIES}/{opportunity}/win", json={})
+
+        async def delivered() -> list[dict[str, object]]:
+            items: list[dict[str, object]] = (await client.get(
+                f"/api/v1/settings/webhooks/{endpoint}/deliveries")).json()["items"]
+            return items if items and items[0]["status"] == "delivered" else []
+        sent = await eventually(delivered, timeout=20)
+        assert (sent[0]["event_type"], sent[0]["attempts"]) == ("erp.opportunity.won", 2)
+        assert len(receiver.seen) == 2 and {s.path for s in receiver.seen} == {"/hooks/erp"}
+        last = receiver.seen[-1]
+        stamp = last.headers["webhook-timestamp"]
+        assert last.headers["webhook-signature"] == signature(secret, stamp, last.body)
+        assert json.loads(last.body)["data"]["opportunity_id"] == opportunity  # the envelope we publish
+        theirs = await client.get(f"/api/v1/settings/webhooks/{endpoint}/deliveries",
+                                  headers=as_user("tenant-b"))
+        assert theirs.status_code == 404
