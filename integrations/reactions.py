@@ -21,7 +21,6 @@ from typing import Any
 
 import psycopg
 import structlog
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
@@ -37,7 +36,7 @@ from integrations.treasury import BillRequest, InvoiceRequest, PayeeLine, Payrol
 from projections.positions import ReadModelPositions
 from streams import envelope as env
 from streams.catalogue import PAYLOADS_BY_SUBJECT
-from streams.inbound import backoff, park, release
+from streams.inbound import backoff, consume, park
 from streams.jetstream import header
 
 log = structlog.get_logger("erp.reactions")
@@ -75,17 +74,8 @@ class TreasuryReactions:
                                 deliver_policy=DeliverPolicy.NEW, ack_wait=120, max_deliver=self._max_deliver,
                                 filter_subjects=list(SUBJECTS), max_ack_pending=100)
         await self._js.add_consumer(self._stream, config)
-        sub = await self._js.pull_subscribe_bind(durable=DURABLE, stream=self._stream)
-        try:
-            while True:
-                try:
-                    messages = await sub.fetch(16, timeout=5)
-                except NatsTimeout:
-                    continue
-                for msg in messages:
-                    await self._deliver(msg)
-        finally:
-            await release(sub)
+        await consume(await self._js.pull_subscribe_bind(durable=DURABLE, stream=self._stream), 16,
+                      self._deliver)
 
     async def _deliver(self, msg: Any) -> None:
         attempt = msg.metadata.num_delivered

@@ -16,13 +16,12 @@ from typing import Any
 
 import httpx
 import structlog
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
 
 from erp import credentials
-from streams.inbound import backoff, release
+from streams.inbound import backoff, consume
 
 log = structlog.get_logger("erp.webhooks")
 
@@ -71,17 +70,10 @@ class WebhookDeliveries:
                                 deliver_policy=DeliverPolicy.NEW, ack_wait=120,
                                 max_deliver=self._max_attempts, filter_subject="erp.>", max_ack_pending=200)
         await self._js.add_consumer(self._stream, config)
-        sub = await self._js.pull_subscribe_bind(durable=DURABLE, stream=self._stream)
         try:
-            while True:
-                try:
-                    messages = await sub.fetch(32, timeout=5)
-                except NatsTimeout:
-                    continue
-                for msg in messages:
-                    await self._deliver(msg)
+            await consume(await self._js.pull_subscribe_bind(durable=DURABLE, stream=self._stream), 32,
+                          self._deliver)
         finally:
-            await release(sub)
             await self._http.aclose()
 
     async def _deliver(self, msg: Any) -> None:

@@ -62,10 +62,20 @@ class Unhandleable(Exception):
     """This message will never succeed: it is not retried."""
 
 
-async def release(sub: Any) -> None:
-    """Ends a pull subscription; one left open holds the connection's drain for 30 s."""
-    with contextlib.suppress(Exception):
-        await sub.unsubscribe()
+async def consume(sub: Any, batch: int, deliver: Callable[[Any], Awaitable[None]]) -> None:
+    """Hands each message of a pull subscription to `deliver`, one at a time, for ever;
+    then ends the subscription (one left open holds the connection's drain for 30 s)."""
+    try:
+        while True:
+            try:
+                messages = await sub.fetch(batch, timeout=5)
+            except NatsTimeout:
+                continue
+            for msg in messages:
+                await deliver(msg)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 def backoff(attempt: int) -> float:
@@ -131,16 +141,7 @@ class InboundConsumer:
     async def run(self) -> None:
         sub = await self._subscribe()
         log.info("consuming", stream=self._stream, durable=self._durable, subjects=sorted(self._by_subject))
-        try:
-            while True:
-                try:
-                    messages = await sub.fetch(self._batch, timeout=5)
-                except NatsTimeout:
-                    continue
-                for msg in messages:
-                    await self._deliver(msg)
-        finally:
-            await release(sub)
+        await consume(sub, self._batch, self._deliver)
 
     async def _subscribe(self) -> Any:
         config = ConsumerConfig(
