@@ -1,4 +1,5 @@
-"""Treasury work that ERP events call for, done over REST for tenants that configure it.
+"""Work in other services that ERP events call for, done over REST for tenants that
+configure it: treasury's documents, and notification messages.
 
 By default treasury subscribes to our subjects and does the work itself. A tenant whose
 treasury is reached over REST instead has the tier-1 credentials `peer.treasury.url` and
@@ -11,14 +12,21 @@ by JetStream across restarts). Each call's Idempotency-Key derives from the even
 redelivery or a retry never makes a second invoice; recording the answer is a command
 keyed by the event too. An unreachable treasury is retried with backoff (or when its
 breaker half-opens); a refusal is parked in the dead-letter stream with its reason.
+
+Notifications: for a tenant with `peer.notifications.url` and `.credential`, each
+notifiable event its preferences (tier 2) name is sent on each chosen channel.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
+import msgspec
 import psycopg
 import structlog
 from nats.js import JetStreamContext
@@ -26,10 +34,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
 
 from aggregates.errors import DomainError
+from aggregates.tenant_settings import NOTIFIABLE
 from erp import credentials
-from erp.commands import CommandContext, CommandRunner, NothingChanged, crm, hrm, procurement
+from erp.commands import CommandContext, CommandRunner, Loader, NothingChanged, crm, hrm, procurement
 from erp.eventstore import EventMetadata
 from erp.idempotency import INBOUND_KEY_PREFIX, IdempotencyKey
+from integrations.notifications import MessageRequest, Notifications
 from integrations.policy import PeerFailed, PeerRefused, PeerResponseInvalid, PeerUnavailable, idempotency_key
 from integrations.transport import PeerConfig, PeerTransport
 from integrations.treasury import BillRequest, InvoiceRequest, PayeeLine, PayrollPaymentRequest, Treasury
@@ -41,7 +51,9 @@ from streams.jetstream import header
 
 log = structlog.get_logger("erp.reactions")
 
-SUBJECTS = ("erp.opportunity.won", "erp.purchase_order.received", "erp.payroll.processed")
+TREASURY_SUBJECTS = ("erp.opportunity.won", "erp.purchase_order.received", "erp.payroll.processed")
+NOTIFIED_SUBJECTS = tuple(sorted(f"erp.{name}" for name in NOTIFIABLE))
+SUBJECTS = tuple(sorted({*TREASURY_SUBJECTS, *NOTIFIED_SUBJECTS}))
 CONFIG_CACHE_SECONDS = 60.0
 DURABLE = "erp-reactions"
 
@@ -65,7 +77,7 @@ class TreasuryReactions:
         self._dead_letters = dead_letters
         self.parked = 0
         self._max_deliver = max_deliver
-        self._configs: dict[str, tuple[float, PeerConfig | None]] = {}
+        self._configs: dict[tuple[str, str], tuple[float, PeerConfig | None]] = {}
         self.called = 0
         self.skipped = 0  # events of tenants whose treasury subscribes itself
 
@@ -102,7 +114,11 @@ class TreasuryReactions:
 
     async def _react(self, msg: Any) -> None:
         event = env.decode(msg.data, PAYLOADS_BY_SUBJECT[msg.subject])
-        config = await self._config(event.tenant_id)
+        if msg.subject in NOTIFIED_SUBJECTS:
+            await self._notify(msg, event)
+        if msg.subject not in TREASURY_SUBJECTS:
+            return
+        config = await self._config(event.tenant_id, "treasury")
         if config is None:
             self.skipped += 1
             return
@@ -155,19 +171,38 @@ class TreasuryReactions:
                                      "AND payroll_id = %s ORDER BY employee_id", (tenant, payroll_id))
             return [PayeeLine(employee_id=str(e), amount=amount) for e, amount in await cur.fetchall()]
 
-    async def _config(self, tenant: str) -> PeerConfig | None:
-        cached = self._configs.get(tenant)
+    async def _notify(self, msg: Any, event: env.Envelope[Any]) -> None:
+        """The tenant's notification preferences (tier 2) say which events go out on which
+        channels; the notifications service knows the recipients and templates."""
+        config = await self._config(event.tenant_id, "notifications")
+        if config is None:
+            return
+        name = msg.subject.removeprefix("erp.")
+        settings = await asyncio.to_thread(Loader(self._runner.store, event.tenant_id).settings)
+        notifications = Notifications(self._transport.peer(config))
+        facts = {k: str(v) for k, v in msgspec.structs.asdict(event.data).items()
+                 if isinstance(v, str | int | Decimal | UUID)}
+        for chosen in settings.notifications.get(name, []):
+            channel: Any = chosen  # one of the tenant settings' channels (validated there)
+            await notifications.send_message(
+                event.tenant_id, MessageRequest(channel=channel, recipients=[], template=name,
+                                                data={"event_id": str(event.event_id), **facts}),
+                idempotency_key=idempotency_key(event.event_id, f"notifications.{channel}"),
+                correlation_id=header(msg, env.CORRELATION_ID))
+
+    async def _config(self, tenant: str, peer: str) -> PeerConfig | None:
+        """A tenant's REST configuration of `peer`: tier-1 `peer.<peer>.url` and `.credential`."""
+        cached = self._configs.get((tenant, peer))
         if cached is not None and time.monotonic() - cached[0] < CONFIG_CACHE_SECONDS:
             return cached[1]
         found: PeerConfig | None = None
         if self._keyring is not None:
             async with self._pool.connection() as conn:
                 try:
-                    url = await credentials.reveal(conn, self._keyring, tenant, "peer.treasury.url")
-                    secret = await credentials.reveal(conn, self._keyring, tenant,
-                                                      "peer.treasury.credential")
-                    found = PeerConfig(name="treasury", base_url=url, credential=secret)
+                    url = await credentials.reveal(conn, self._keyring, tenant, f"peer.{peer}.url")
+                    secret = await credentials.reveal(conn, self._keyring, tenant, f"peer.{peer}.credential")
+                    found = PeerConfig(name=peer, base_url=url, credential=secret)
                 except credentials.CredentialNotFound:
                     found = None
-        self._configs[tenant] = (time.monotonic(), found)
+        self._configs[(tenant, peer)] = (time.monotonic(), found)
         return found

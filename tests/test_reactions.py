@@ -59,3 +59,38 @@ async def test_won_and_received_become_one_invoice_and_one_bill_each_recorded_he
         sent = json.loads(invoices[-1].body)
         assert (sent["opportunity_id"], sent["amount"], sent["currency"]) == (mine, 1000, "KES")
         assert service.reactions is not None and service.reactions.skipped == 1
+
+
+async def test_notifiable_events_are_sent_on_the_tenants_chosen_channels_once(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    with StubPeer() as notifications:
+        notifications.default = Answer(status=202, body=b'{"message_id": "MSG-1", "status": "queued"}')
+        notifications.answer(Answer(status=500))  # a failure: retried with the same key
+        assert service.keyring is not None
+        async with await psycopg.AsyncConnection.connect(service.endpoints.database_url,
+                                                         autocommit=True) as conn:
+            await credentials.put(conn, service.keyring, "tenant-a", "peer.notifications.url",
+                                  notifications.url, actor="test")
+            await credentials.put(conn, service.keyring, "tenant-a", "peer.notifications.credential",
+                                  "notifications-test-key", actor="test")  # a test fixture
+        terms = {"currency": "KES", "payment_terms_days": 30,
+                 "notifications": {"opportunity.won": ["email", "sms"]}}
+        assert (await client.post("/api/v1/settings/business-terms", json=terms)).status_code == 200
+        body = {"customer_id": "c", "title": "t", "owner": "o", "amount": 1000}
+        opportunity = (await client.post(OPPORTUNITIES, json=body)).json()["id"]
+        # a stage change is not notifiable; the win is, on email and SMS
+        await client.post(f"{OPPORTUNITIES}/{opportunity}/stage", json={"stage": "proposal"})
+        await client.post(f"{OPPORTUNITIES}/{opportunity}/win", json={})
+
+        async def both_sent() -> bool:
+            ok = [s for s in notifications.seen if s.path == "/api/v1/notifications/messages"]
+            return len({json.loads(s.body)["channel"] for s in ok}) == 2 and len(ok) >= 3
+        await eventually(both_sent, timeout=20)
+        sent = [json.loads(s.body) for s in notifications.seen]
+        assert {m["template"] for m in sent} == {"opportunity.won"}
+        assert sent[-1]["data"]["opportunity_id"] == opportunity
+        keys: dict[str, set[str]] = {}
+        for seen, message in zip(notifications.seen, sent, strict=True):
+            keys.setdefault(message["channel"], set()).add(seen.headers["idempotency-key"])
+        assert all(len(k) == 1 for k in keys.values())  # a retry reuses the key
