@@ -125,6 +125,7 @@ class TenantSettings(Aggregate):
         self.currency = "KES"
         self.payment_terms_days = 30
         self.notifications: dict[str, list[str]] = {}
+        self.receiving_warehouse_id: str | None = None
 
     def describe(self, name: str, status: str) -> bool:
         """The tenant's name and status from the auth service; answers whether they changed."""
@@ -145,6 +146,7 @@ class TenantSettings(Aggregate):
 
     def configure_business_terms(
         self, *, currency: str, payment_terms_days: int, notifications: dict[str, list[str]],
+        receiving_warehouse_id: str | None = None,
     ) -> None:
         if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
             raise InvalidBusinessTerms(f"currency must be an ISO 4217 code, not {currency!r}",
@@ -160,15 +162,18 @@ class TenantSettings(Aggregate):
                                            field=f"notifications.{name}")
         self._business_terms_configured(
             currency=currency, payment_terms_days=payment_terms_days,
-            notifications={k: sorted(set(v)) for k, v in sorted(notifications.items())})
+            notifications={k: sorted(set(v)) for k, v in sorted(notifications.items())},
+            receiving_warehouse_id=(receiving_warehouse_id or "").strip() or None)
 
     @event("BusinessTermsConfigured")
     def _business_terms_configured(
         self, currency: str, payment_terms_days: int, notifications: dict[str, list[str]],
+        receiving_warehouse_id: str | None = None,
     ) -> None:
         self.currency = currency
         self.payment_terms_days = payment_terms_days
         self.notifications = notifications
+        self.receiving_warehouse_id = receiving_warehouse_id  # where goods receipts go in inventory
 
     @property
     def statutory_overrides(self) -> tuple[StatutoryRules, ...]:

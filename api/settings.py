@@ -68,6 +68,9 @@ class BusinessTerms(Body):
     payment_terms_days: int = Field(ge=0, le=365, description="default days to pay")
     notifications: dict[str, list[Literal["email", "sms", "push"]]] = Field(
         default_factory=dict, description="notifiable event (e.g. payroll.processed) -> channels")
+    receiving_warehouse_id: str | None = Field(
+        default=None, max_length=200,
+        description="inventory's warehouse that goods received on purchase orders go into")
 
 
 class SettingsView(BaseModel):
@@ -76,6 +79,7 @@ class SettingsView(BaseModel):
     currency: str
     payment_terms_days: int
     notifications: dict[str, list[str]]
+    receiving_warehouse_id: str | None
     stages: list[StageModel]
     approval_levels: list[ApprovalLevelModel]
     over_receipt_percent: Decimal
@@ -112,6 +116,7 @@ async def get_settings(request: Request) -> Response:
     return JSON({
         "name": settings.name, "status": settings.status, "currency": settings.currency,
         "payment_terms_days": settings.payment_terms_days, "notifications": settings.notifications,
+        "receiving_warehouse_id": settings.receiving_warehouse_id,
         "stages": [{"name": s.name, "probability": s.probability} for s in settings.stages],
         "approval_levels": [{"min_amount": lv.min_amount, "role": lv.role}
                             for lv in settings.approval_chain.levels],
@@ -187,7 +192,8 @@ async def configure_business_terms(request: Request) -> Response:
         _service(request).runner, await rq.command_context(request),
         lambda settings: settings.configure_business_terms(
             currency=cmd.currency, payment_terms_days=cmd.payment_terms_days,
-            notifications={k: list(v) for k, v in cmd.notifications.items()}),
+            notifications={k: list(v) for k, v in cmd.notifications.items()},
+            receiving_warehouse_id=cmd.receiving_warehouse_id),
     )
     return accepted(saved)
 

@@ -39,6 +39,7 @@ from erp import credentials
 from erp.commands import CommandContext, CommandRunner, Loader, NothingChanged, crm, hrm, procurement
 from erp.eventstore import EventMetadata
 from erp.idempotency import INBOUND_KEY_PREFIX, IdempotencyKey
+from integrations.inventory import Inventory, StockMovementRequest
 from integrations.notifications import MessageRequest, Notifications
 from integrations.policy import PeerFailed, PeerRefused, PeerResponseInvalid, PeerUnavailable, idempotency_key
 from integrations.transport import PeerConfig, PeerTransport
@@ -53,7 +54,8 @@ log = structlog.get_logger("erp.reactions")
 
 TREASURY_SUBJECTS = ("erp.opportunity.won", "erp.purchase_order.received", "erp.payroll.processed")
 NOTIFIED_SUBJECTS = tuple(sorted(f"erp.{name}" for name in NOTIFIABLE))
-SUBJECTS = tuple(sorted({*TREASURY_SUBJECTS, *NOTIFIED_SUBJECTS}))
+INVENTORY_SUBJECTS = ("erp.purchase_order.goods_received",)
+SUBJECTS = tuple(sorted({*TREASURY_SUBJECTS, *NOTIFIED_SUBJECTS, *INVENTORY_SUBJECTS}))
 CONFIG_CACHE_SECONDS = 60.0
 DURABLE = "erp-reactions"
 
@@ -116,6 +118,8 @@ class TreasuryReactions:
         event = env.decode(msg.data, PAYLOADS_BY_SUBJECT[msg.subject])
         if msg.subject in NOTIFIED_SUBJECTS:
             await self._notify(msg, event)
+        if msg.subject in INVENTORY_SUBJECTS:
+            await self._receive_stock(msg, event)
         if msg.subject not in TREASURY_SUBJECTS:
             return
         config = await self._config(event.tenant_id, "treasury")
@@ -170,6 +174,28 @@ class TreasuryReactions:
             cur = await conn.execute("SELECT employee_id, net_pay FROM payslips WHERE tenant_id = %s "
                                      "AND payroll_id = %s ORDER BY employee_id", (tenant, payroll_id))
             return [PayeeLine(employee_id=str(e), amount=amount) for e, amount in await cur.fetchall()]
+
+    async def _receive_stock(self, msg: Any, event: env.Envelope[Any]) -> None:
+        """Goods received on a purchase order go into the tenant's receiving warehouse
+        (tier 2 business terms): one movement per accepted line."""
+        config = await self._config(event.tenant_id, "inventory")
+        if config is None:
+            return
+        settings = await asyncio.to_thread(Loader(self._runner.store, event.tenant_id).settings)
+        if settings.receiving_warehouse_id is None:
+            raise Park("inventory is configured over REST but no receiving warehouse is set "
+                       "(POST /api/v1/settings/business-terms)")
+        inventory = Inventory(self._transport.peer(config))
+        receipt = event.data
+        for line in receipt.lines:
+            if line.accepted_quantity <= 0:
+                continue
+            await inventory.record_movement(event.tenant_id, StockMovementRequest(
+                item_id=line.item_id, warehouse_id=settings.receiving_warehouse_id,
+                quantity=line.accepted_quantity, direction="in", reason="purchase_receipt",
+                reference=f"{receipt.purchase_order_id}/{receipt.receipt_id}"),
+                idempotency_key=idempotency_key(event.event_id, f"inventory.receipt.{line.line_no}"),
+                correlation_id=header(msg, env.CORRELATION_ID))
 
     async def _notify(self, msg: Any, event: env.Envelope[Any]) -> None:
         """The tenant's notification preferences (tier 2) say which events go out on which

@@ -94,3 +94,36 @@ async def test_notifiable_events_are_sent_on_the_tenants_chosen_channels_once(
         for seen, message in zip(notifications.seen, sent, strict=True):
             keys.setdefault(message["channel"], set()).add(seen.headers["idempotency-key"])
         assert all(len(k) == 1 for k in keys.values())  # a retry reuses the key
+
+
+async def test_goods_received_go_into_the_receiving_warehouse_line_by_line(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    with StubPeer() as inventory:
+        inventory.default = Answer(status=201, body=b'{"movement_id": "MV-1"}')
+        assert service.keyring is not None
+        async with await psycopg.AsyncConnection.connect(service.endpoints.database_url,
+                                                         autocommit=True) as conn:
+            for name, value in (("url", inventory.url), ("credential", "inventory-test-key")):  # fixtures
+                await credentials.put(conn, service.keyring, "tenant-a", f"peer.inventory.{name}", value,
+                                      actor="test")
+        order = await approved(client)
+        first = await client.post(f"{ORDERS}/{order}/receive", json={
+            "receipt_id": "GRN-1", "lines": [{"line_no": 1, "accepted_quantity": 4, "rejected_quantity": 1}]})
+        assert first.status_code == 200, first.text
+
+        async def parked() -> bool:  # no receiving warehouse yet: a person must set it
+            return bool(service.reactions is not None and service.reactions.parked == 1)
+        await eventually(parked, timeout=15)
+        terms = {"currency": "KES", "payment_terms_days": 30, "receiving_warehouse_id": "w-main"}
+        assert (await client.post("/api/v1/settings/business-terms", json=terms)).status_code == 200
+        await client.post(f"{ORDERS}/{order}/receive", json={
+            "receipt_id": "GRN-2", "lines": [{"line_no": 1, "accepted_quantity": 5}]})
+
+        async def moved() -> bool:
+            return len(inventory.seen) == 1
+        await eventually(moved, timeout=15)
+        sent = json.loads(inventory.seen[0].body)
+        fields = ("item_id", "warehouse_id", "quantity", "direction", "reason")
+        assert tuple(sent[f] for f in fields) == ("cement", "w-main", 5, "in", "purchase_receipt")
+        assert sent["reference"] == f"{order}/GRN-2"

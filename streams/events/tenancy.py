@@ -63,6 +63,7 @@ class BusinessTermsConfigured(msgspec.Struct, frozen=True, kw_only=True):
     currency: str
     payment_terms_days: int
     notifications: dict[str, list[str]]  # notifiable event -> channels
+    receiving_warehouse_id: str | None = None
 
 
 class UserReferenced(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,7 +115,8 @@ PUBLICATIONS: dict[type, Publication] = {
         "erp.tenant_settings.business_terms_configured", BusinessTermsConfigured, "tenant_settings",
         lambda e: BusinessTermsConfigured(tenant_settings_id=e.originator_id, currency=e.currency,
                                           payment_terms_days=e.payment_terms_days,
-                                          notifications=e.notifications)),
+                                          notifications=e.notifications,
+                                          receiving_warehouse_id=getattr(e, "receiving_warehouse_id", None))),
     domain_event(UserReference, "Referenced"): Publication(
         "erp.user_reference.referenced", UserReferenced, "user_reference",
         lambda e: UserReferenced(user_reference_id=e.originator_id, user_id=e.user_id, email=e.email,
