@@ -27,7 +27,6 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-import psycopg
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -41,7 +40,7 @@ from erp.eventstore import EventMetadata
 from erp.idempotency import INBOUND_KEY_PREFIX, IdempotencyKey
 from integrations.inventory import Inventory, StockMovementRequest
 from integrations.notifications import MessageRequest, Notifications
-from integrations.policy import PeerFailed, PeerRefused, PeerResponseInvalid, PeerUnavailable, idempotency_key
+from integrations.policy import PeerRefused, PeerResponseInvalid, PeerUnavailable, idempotency_key
 from integrations.transport import PeerConfig, PeerTransport
 from integrations.treasury import BillRequest, InvoiceRequest, PayeeLine, PayrollPaymentRequest, Treasury
 from projections.positions import ReadModelPositions
@@ -100,7 +99,7 @@ class TreasuryReactions:
         except PeerUnavailable as closed:  # the breaker is open: come back when it half-opens
             wait = (closed.retry_at - datetime.now(UTC)).total_seconds() if closed.retry_at else 5.0
             await msg.nak(delay=max(1.0, wait))
-        except (PeerFailed, psycopg.OperationalError, OSError) as error:
+        except Exception as error:  # PeerFailed, the database, a read model behind: retried
             if attempt >= self._max_deliver:
                 await self._park(msg, f"gave up after {attempt} attempts: {error!r}", attempt)
             else:

@@ -93,16 +93,16 @@ class WebhookDeliveries:
     async def _send(self, endpoint_id: Any, url: str, tenant: str, event: dict[str, Any], body: bytes,
                     attempt: int) -> bool:
         stamp = str(int(time.time()))
-        secret = await self._secret(tenant, endpoint_id)
         code: int | None = None
         error: str | None = None
         try:
+            secret = await self._secret(tenant, endpoint_id)
             response = await self._http.post(url, content=body, headers={
                 "Content-Type": "application/json", "Webhook-Id": event["event_id"],
                 "Webhook-Timestamp": stamp, "Webhook-Signature": sign(secret, stamp, body),
                 "X-Tenant-ID": tenant})
             code = response.status_code
-        except httpx.HTTPError as failure:
+        except (httpx.HTTPError, credentials.CredentialError, RuntimeError) as failure:
             error = f"{type(failure).__name__}: {failure}"
         ok = code is not None and 200 <= code < 300
         status = "delivered" if ok else ("failed" if attempt >= self._max_attempts else "retrying")

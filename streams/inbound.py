@@ -71,8 +71,15 @@ async def consume(sub: Any, batch: int, deliver: Callable[[Any], Awaitable[None]
                 messages = await sub.fetch(batch, timeout=5)
             except NatsTimeout:
                 continue
+            except Exception as error:  # NATS reconnecting: the durable consumer keeps our place
+                log.warning("fetch failed; fetching again", error=repr(error))
+                await asyncio.sleep(1)
+                continue
             for msg in messages:
-                await deliver(msg)
+                try:
+                    await deliver(msg)
+                except Exception as error:  # unacknowledged: JetStream redelivers it after ack_wait
+                    log.error("delivery failed; left for redelivery", subject=msg.subject, error=repr(error))
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
