@@ -27,6 +27,7 @@ from api.openapi import document
 from api.problems import EXCEPTION_HANDLERS
 from erp.bootstrap import Service
 from erp.identity import token_verifier
+from streams.asyncapi import document as event_catalogue
 
 ROUTES = [*health.ROUTES, *metrics.ROUTES, *settings.ROUTES, *crm.ROUTES, *manufacturing.ROUTES, *hrm.ROUTES,
           *procurement.ROUTES, *credentials.ROUTES, *users.ROUTES, *webhooks.ROUTES,
@@ -54,4 +55,5 @@ def create_app(service: Service, *, embedded: bool = False) -> Starlette:
     app.state.service = service
     app.state.authenticator = Authenticator(token_verifier(service.settings, embedded=embedded), service)
     app.state.openapi = document(ROUTES, "ERP service", "0.1.0")
+    app.state.asyncapi = event_catalogue()
     return app

@@ -26,7 +26,7 @@ from erp.identity import Forbidden, KeysUnavailable, Principal, TokenVerifier, U
 
 log = structlog.get_logger("erp.auth")
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/asyncapi.json", "/metrics"})
 SIGNED_PREFIX = "/api/v1/webhooks/"  # authenticated by the delivery's HMAC signature instead
 
 

@@ -43,8 +43,14 @@ async def openapi(request: Request) -> Response:
     return JSON(request.app.state.openapi)
 
 
+@operation(summary="The event catalogue: an AsyncAPI 3 document of every event we publish")
+async def asyncapi(request: Request) -> Response:
+    return JSON(request.app.state.asyncapi)
+
+
 ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/asyncapi.json", asyncapi, methods=["GET"]),
 ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from erp.bootstrap import Service
-from tests.conftest import eventually
+from tests.conftest import ROOT, eventually
 
 OPPORTUNITIES = "/api/v1/crm/opportunities"
 
@@ -45,3 +48,19 @@ async def test_readiness_details_consumers_and_peers(client: httpx.AsyncClient) 
     assert {c["consumer"] for c in ready["inbound"]} == {
         "erp-auth", "erp-treasury", "erp-inventory", "erp-logistics", "erp-pos", "erp-iot", "erp-projects"}
     assert ready["peers"] == []  # no peer called by this process yet
+
+
+async def test_the_alert_rules_parse_and_use_only_metrics_we_export(client: httpx.AsyncClient) -> None:
+    rules = yaml.safe_load((ROOT / "docs" / "prometheus-alerts.yml").read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    names = {rule["alert"] for rule in alerts}
+    assert {"ErpHighFailureRate", "ErpServiceUnavailable", "ErpEventDeliveryFailing",
+            "ErpIntegrationTimeouts"} <= names  # the integration guide's alerts
+    for rule in alerts:
+        assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"]
+    exported = {family.name for family in text_string_to_metric_families(
+        (await client.get("/metrics", headers={"Authorization": ""})).text)}
+    for rule in alerts:
+        for metric in re.findall(r"\b(erp_[a-z_]+)", rule["expr"]):
+            base = re.sub(r"_(total|count|sum|bucket)$", "", metric)
+            assert base in exported, f"{rule['alert']} uses {metric}, which /metrics does not export"
