@@ -13,6 +13,7 @@ from aggregates.errors import InvalidValue
 from erp import api_keys, logs
 from erp.bootstrap import Endpoints, Service, servers
 from erp.cli_dead_letters import dead_letters
+from erp.cli_events import events, projections
 from erp.cli_secrets import database_url, on_database, secrets
 from erp.commands import NothingChanged, tenancy
 from erp.eventstore import EventMetadata, close_store, store_for
@@ -144,6 +145,8 @@ def register_tenant(tenant: str, name: str, status: str) -> None:
 
 main.add_command(secrets)
 main.add_command(dead_letters)
+main.add_command(events)
+main.add_command(projections)
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:

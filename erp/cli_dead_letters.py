@@ -117,12 +117,18 @@ def _pretty(data: bytes) -> str:
         return data.decode(errors="replace")
 
 
-def _run(work: Callable[[JetStreamContext, str], Awaitable[T]]) -> T:
-    settings = Settings()
+def nats_url(settings: Settings) -> str:
+    """ERP_NATS_URL, or the embedded nats-server of an `erp serve` running on this data folder."""
     url = settings.nats_url or EmbeddedNats.running_url(settings.data_dir / "nats")
     if url is None:
         raise click.UsageError("ERP_NATS_URL must point at the service's NATS (or run `erp serve` "
                                "on embedded servers from this folder first)")
+    return url
+
+
+def _run(work: Callable[[JetStreamContext, str], Awaitable[T]]) -> T:
+    settings = Settings()
+    url = nats_url(settings)
 
     async def run() -> T:
         nc = await nats.connect(url)

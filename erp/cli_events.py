@@ -1,0 +1,124 @@
+"""`erp events` (an aggregate's history and its state at any version or time, the live
+stream) and `erp projections` (each read model's checkpoint and lag)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import click
+import psycopg
+from nats.js.api import DeliverPolicy
+
+import nats
+from erp.cli_dead_letters import nats_url
+from erp.cli_secrets import database_url
+from erp.eventstore import ErpEventStore, close_store, event_metadata, store_for
+from erp.settings import Settings
+
+_HIDDEN = frozenset({"originator_id", "originator_version", "timestamp", "metadata"})
+
+
+@click.group(help="The event store and the stream.")
+def events() -> None:
+    pass
+
+
+@events.command("show", help="An aggregate's history, and its state at a version or a time (time travel).")
+@click.argument("aggregate_id", type=click.UUID)
+@click.option("--version", type=click.IntRange(min=1), help="Its state after this version.")
+@click.option("--at", "at", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z",
+                                                        "%Y-%m-%dT%H:%M:%S"]),
+              help="Its state at this time (ISO 8601; UTC when no offset is given).")
+def show(aggregate_id: UUID, version: int | None, at: datetime | None) -> None:
+    store = store_for(database_url(Settings()), 1)
+    try:
+        history: list[Any] = list(store.repository.event_store.get(aggregate_id))
+        if not history:
+            raise click.ClickException(f"no events of {aggregate_id}")
+        for event in history:
+            details = {k: v for k, v in vars(event).items() if k not in _HIDDEN}
+            click.echo(f"v{event.originator_version}  {event.timestamp.isoformat()}  {type(event).__name__}  "
+                       f"by {event_metadata(event).get('actor') or '-'}  {_json(details)}")
+        if version is None and at is not None:
+            moment = at if at.tzinfo else at.replace(tzinfo=history[0].timestamp.tzinfo)
+            earlier = [e.originator_version for e in history if e.timestamp <= moment]
+            if not earlier:
+                raise click.ClickException(f"{aggregate_id} did not exist yet at {moment.isoformat()}")
+            version = earlier[-1]
+        if version is not None:
+            click.echo(f"state at v{version}: {_json(_state(store, aggregate_id, version))}")
+    finally:
+        close_store(store)
+
+
+def _state(store: ErpEventStore, aggregate_id: UUID, version: int) -> dict[str, Any]:
+    aggregate: Any = store.repository.get(aggregate_id, version=version)
+    return {"type": type(aggregate).__name__, "version": aggregate.version,
+            **{k.lstrip("_"): v for k, v in vars(aggregate).items() if k not in ("_id", "_version",
+                                                                                  "_pending_events")}}
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False, sort_keys=True)
+
+
+@events.command("tail", help="Follow the ERP stream live.")
+@click.option("--type", "event_type",
+              help="Only this event type, e.g. erp.opportunity.won (wildcards: erp.payroll.*).")
+@click.option("--tenant", help="Only this tenant's events.")
+@click.option("--limit", type=click.IntRange(min=1), help="Stop after this many events.")
+def tail(event_type: str | None, tenant: str | None, limit: int | None) -> None:
+    settings = Settings()
+
+    async def follow() -> None:
+        nc = await nats.connect(nats_url(settings))
+        shown = 0
+        done = asyncio.Event()
+
+        async def each(msg: Any) -> None:
+            nonlocal shown
+            body = json.loads(msg.data)
+            if tenant is not None and body.get("tenant_id") != tenant:
+                return
+            click.echo(f"{msg.metadata.sequence.stream}  {body['timestamp']}  {msg.subject}  "
+                       f"{body['tenant_id']}  {_json(body['data'])}")
+            shown += 1
+            if limit is not None and shown >= limit:
+                done.set()
+
+        sub = await nc.jetstream().subscribe(event_type or "erp.>", stream=settings.stream, cb=each,
+                                             ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+        try:
+            await done.wait()
+        finally:
+            await sub.unsubscribe()
+            await nc.close()
+
+    asyncio.run(follow())
+
+
+@click.group(help="Read models: their checkpoints and lag.")
+def projections() -> None:
+    pass
+
+
+@projections.command("status", help="Each projection's checkpoint and how far it is behind the event store.")
+def status() -> None:
+    async def read() -> None:
+        async with await psycopg.AsyncConnection.connect(database_url(Settings())) as conn:
+            head = (await (await conn.execute("SELECT coalesce(max(notification_id), 0) FROM erp_events"))
+                    .fetchone() or (0,))[0]
+            cur = await conn.execute("SELECT name, stream_seq, log_position, updated_at FROM "
+                                     "projection_checkpoints ORDER BY name")
+            click.echo(f"event store head: {head}")
+            for name, seq, position, updated in await cur.fetchall():
+                behind = head - position
+                state = "caught up" if behind <= 0 else f"{behind} behind"
+                click.echo(f"{name:16s} position {position:>10}  stream seq {seq:>10}  {state:>14}  "
+                           f"updated {updated:%Y-%m-%d %H:%M:%S}")
+
+    asyncio.run(read())
