@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import time
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -122,3 +124,39 @@ def status() -> None:
                            f"updated {updated:%Y-%m-%d %H:%M:%S}")
 
     asyncio.run(read())
+
+
+@projections.command("rebuild", help="Rebuild read models from the event store into new tables, then swap "
+                                     "them in; the API keeps serving the old ones meanwhile.")
+@click.argument("names", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every projection.")
+def rebuild_command(names: tuple[str, ...], everything: bool) -> None:
+    from erp.bootstrap import all_projections
+    from projections.rebuild import rebuild
+
+    known = {p.name: p for p in all_projections()}
+    if bool(names) == everything:
+        raise click.UsageError(f"name projections ({', '.join(sorted(known))}) or --all")
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise click.UsageError(f"unknown projections {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    url = database_url(Settings())
+    store = store_for(url, 2)
+    try:
+        for name in sorted(known) if everything else names:
+            started = time.perf_counter()
+
+            def report(done: int, total: int, name: str = name, started: float = started) -> None:
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                eta = (total - done) / rate if rate else 0
+                line = f"{name}: {done}/{total} events, {rate:,.0f}/s, ETA {eta:.0f} s"
+                if sys.stdout.isatty():  # one line, redrawn
+                    click.echo(f"\r{line}   ", nl=False)
+                else:
+                    click.echo(line)
+
+            done = asyncio.run(rebuild(url, store, known[name], progress=report))
+            click.echo(f"{name}: rebuilt from {done.events} events in {done.seconds:.1f} s "
+                       f"({done.rate:,.0f} events/s); live processing resumes from {done.position}")
+    finally:
+        close_store(store)
