@@ -13,13 +13,16 @@ from uuid import UUID
 
 import click
 import psycopg
-from nats.js.api import DeliverPolicy
+from nats.js.api import DeliverPolicy, StreamConfig
+from nats.js.errors import NotFoundError
 
 import nats
 from erp.cli_dead_letters import nats_url
 from erp.cli_secrets import database_url
 from erp.eventstore import ErpEventStore, close_store, event_metadata, store_for
 from erp.settings import Settings
+from streams import envelope as env
+from streams.relay import to_message
 
 _HIDDEN = frozenset({"originator_id", "originator_version", "timestamp", "metadata"})
 
@@ -160,3 +163,71 @@ def rebuild_command(names: tuple[str, ...], everything: bool) -> None:
                        f"({done.rate:,.0f} events/s); live processing resumes from {done.position}")
     finally:
         close_store(store)
+
+
+@events.command("replay", help="Republish stored events under `replay.<NAME>.` to the stream ERP_REPLAY, for "
+                               "one subscriber to consume again (ids unchanged: it can deduplicate).")
+@click.option("--name", required=True, help="The replay's name: subjects become replay.<name>.erp.…")
+@click.option("--from-position", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--to-position", type=click.IntRange(min=1), help="Inclusive; default: the end of the log.")
+@click.option("--type", "event_types", multiple=True, help="Only these event types (repeat).")
+@click.option("--tenant", help="Only this tenant's events.")
+@click.option("--aggregate", "aggregate_id", type=click.UUID, help="Only this aggregate's events.")
+@click.option("--dry-run", is_flag=True, help="Count what would go; publish nothing.")
+def replay(name: str, from_position: int, to_position: int | None, event_types: tuple[str, ...],
+           tenant: str | None, aggregate_id: UUID | None, dry_run: bool) -> None:
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise click.UsageError("--name: letters, digits, - and _ only")
+    settings = Settings()
+    store = store_for(database_url(settings), 1)
+    try:
+        chosen = list(_selected(store, from_position, to_position, set(event_types), tenant, aggregate_id))
+    finally:
+        close_store(store)
+    if dry_run:
+        click.echo(f"would replay {len(chosen)} events to replay.{name}.*")
+        return
+
+    async def publish() -> None:
+        nc = await nats.connect(nats_url(settings))
+        try:
+            js = nc.jetstream()
+            await _ensure_replay_stream(js)
+            for message in chosen:
+                await js.publish(f"replay.{name}.{message.subject}", message.payload, stream=REPLAY_STREAM,
+                                 headers={k: v for k, v in message.headers.items() if k != env.MSG_ID})
+        finally:
+            await nc.close()
+
+    asyncio.run(publish())
+    click.echo(f"replayed {len(chosen)} events to replay.{name}.* in {REPLAY_STREAM}")
+
+
+REPLAY_STREAM = "ERP_REPLAY"
+
+
+async def _ensure_replay_stream(js: Any) -> None:
+    try:
+        await js.stream_info(REPLAY_STREAM)
+    except NotFoundError:
+        await js.add_stream(StreamConfig(name=REPLAY_STREAM, subjects=["replay.>"], max_age=7 * 86400,
+                                         description="events republished for one subscriber to re-consume"))
+
+
+def _selected(store: ErpEventStore, start: int, stop: int | None, types: set[str], tenant: str | None,
+              aggregate_id: UUID | None) -> Any:
+    position = start - 1
+    while True:
+        notifications = store.recorder.select_notifications(position + 1, 1000, stop=stop)
+        if not notifications:
+            return
+        for notification in notifications:
+            if aggregate_id is not None and notification.originator_id != aggregate_id:
+                continue
+            message = to_message(store, vars(notification) | {"notification_id": notification.id})
+            if types and message.subject not in types:
+                continue
+            if tenant is not None and json.loads(message.payload)["tenant_id"] != tenant:
+                continue
+            yield message
+        position = notifications[-1].id

@@ -83,7 +83,7 @@ async def endpoints(servers: Endpoints, database_url: str) -> Endpoints:
     """A fresh database and no ERP stream yet (the service creates it)."""
     nc = await nats.connect(servers.nats_url)
     try:
-        for stream in ("ERP", "ERP_DLQ", *Settings().inbound_streams.values()):
+        for stream in ("ERP", "ERP_DLQ", "ERP_REPLAY", *Settings().inbound_streams.values()):
             with contextlib.suppress(NotFoundError):
                 await nc.jetstream().delete_stream(stream)
     finally:

@@ -69,3 +69,25 @@ async def test_tail_follows_the_stream_filtered_by_type(client: httpx.AsyncClien
     await client.post(f"{OPPORTUNITIES}/{oid}/win", json={})
     await asyncio.to_thread(follower.join, 20)
     assert found and "erp.opportunity.won" in found[0].output and oid in found[0].output
+
+
+async def test_replay_by_range_to_a_prefix_delivers_exactly_that_range(
+    client: httpx.AsyncClient, service: Service, js: Any
+) -> None:
+    positions = []
+    for i in range(6):
+        opened = await client.post(OPPORTUNITIES, json={"customer_id": "c", "title": f"t{i}", "owner": "o"})
+        positions.append(opened.json()["log_position"])
+    low, high = positions[1], positions[3]
+    window = ("--name", "crm-fix", "--from-position", str(low), "--to-position", str(high))
+    counted = await asyncio.to_thread(erp, service, "events", "replay", *window, "--dry-run")
+    assert "would replay 3 events" in counted.output
+    await asyncio.to_thread(erp, service, "events", "replay", *window, "--type", "erp.opportunity.opened")
+    info = await js.stream_info("ERP_REPLAY")
+    replayed = [await js.get_msg("ERP_REPLAY", seq) for seq in range(info.state.first_seq,
+                                                                       info.state.last_seq + 1)]
+    assert [m.subject for m in replayed] == ["replay.crm-fix.erp.opportunity.opened"] * 3
+    assert [int(m.headers["Erp-Log-Position"]) for m in replayed] == positions[1:4]
+    original = await js.get_msg("ERP", positions[1])
+    assert replayed[0].data == original.data  # the same envelope, the same event_id
+    assert (await js.stream_info("ERP")).state.messages == positions[-1]  # our stream untouched
