@@ -91,3 +91,18 @@ async def test_replay_by_range_to_a_prefix_delivers_exactly_that_range(
     original = await js.get_msg("ERP", positions[1])
     assert replayed[0].data == original.data  # the same envelope, the same event_id
     assert (await js.stream_info("ERP")).state.messages == positions[-1]  # our stream untouched
+
+
+async def test_the_subscriber_example_gets_each_won_opportunity_typed_once(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    from examples.subscriber import follow
+
+    ids = []
+    for i in range(2):
+        oid = (await client.post(OPPORTUNITIES, json={"customer_id": f"c{i}", "title": "t", "owner": "o",
+                                                      "amount": 10})).json()["id"]
+        await client.post(f"{OPPORTUNITIES}/{oid}/win", json={})
+        ids.append(oid)
+    seen = await asyncio.wait_for(follow(service.endpoints.nats_url, stop_after=2), 30)
+    assert seen == ids
