@@ -143,9 +143,11 @@ class Service:
             self.reactions = TreasuryReactions(
                 self.js, s.stream, self.runner, self.inbound_pool, self.keyring, self.peer_transport,
                 self.positions, s.dead_letter_stream, max_deliver=s.inbound_max_deliver)
+            await self.reactions.start()
             self._spawn("reactions:treasury", self.reactions.run())
             self.webhooks = WebhookDeliveries(self.js, s.stream, self.inbound_pool, self.keyring,
                                               max_attempts=s.inbound_max_deliver)
+            await self.webhooks.start()
             self._spawn("webhooks", self.webhooks.run())
         if s.run_relay:
             self.relay = Relay(

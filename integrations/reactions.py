@@ -82,11 +82,15 @@ class TreasuryReactions:
         self.called = 0
         self.skipped = 0  # events of tenants whose treasury subscribes itself
 
-    async def run(self) -> None:
+    async def start(self) -> None:
+        """Creates the durable consumer (from the next event on, the first time); done
+        before the service takes commands, so none of their events is missed."""
         config = ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT,
                                 deliver_policy=DeliverPolicy.NEW, ack_wait=120, max_deliver=self._max_deliver,
                                 filter_subjects=list(SUBJECTS), max_ack_pending=100)
         await self._js.add_consumer(self._stream, config)
+
+    async def run(self) -> None:
         await consume(await self._js.pull_subscribe_bind(durable=DURABLE, stream=self._stream), 16,
                       self._deliver)
 

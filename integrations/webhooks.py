@@ -65,11 +65,15 @@ class WebhookDeliveries:
         self._http = httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False)
         self.delivered = 0
 
-    async def run(self) -> None:
+    async def start(self) -> None:
+        """Creates the durable consumer (from the next event on, the first time); done
+        before the service takes commands, so none of their events is missed."""
         config = ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT,
                                 deliver_policy=DeliverPolicy.NEW, ack_wait=120,
                                 max_deliver=self._max_attempts, filter_subject="erp.>", max_ack_pending=200)
         await self._js.add_consumer(self._stream, config)
+
+    async def run(self) -> None:
         try:
             await consume(await self._js.pull_subscribe_bind(durable=DURABLE, stream=self._stream), 32,
                           self._deliver)
