@@ -165,10 +165,23 @@ class TenantSettings(Aggregate):
             notifications={k: sorted(set(v)) for k, v in sorted(notifications.items())},
             receiving_warehouse_id=(receiving_warehouse_id or "").strip() or None)
 
-    @event("BusinessTermsConfigured")
+    class BusinessTermsConfigured(Aggregate.Event):
+        """Version 2 added the receiving warehouse; a stored version 1 reads as having none."""
+
+        currency: str
+        payment_terms_days: int
+        notifications: dict[str, list[str]]
+        receiving_warehouse_id: str | None
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["receiving_warehouse_id"] = None
+
+    @event(BusinessTermsConfigured)
     def _business_terms_configured(
         self, currency: str, payment_terms_days: int, notifications: dict[str, list[str]],
-        receiving_warehouse_id: str | None = None,
+        receiving_warehouse_id: str | None,
     ) -> None:
         self.currency = currency
         self.payment_terms_days = payment_terms_days

@@ -181,7 +181,7 @@ def replay(name: str, from_position: int, to_position: int | None, event_types: 
     settings = Settings()
     store = store_for(database_url(settings), 1)
     try:
-        chosen = list(_selected(store, from_position, to_position, set(event_types), tenant, aggregate_id))
+        chosen = list(selected_messages(store, from_position, to_position, set(event_types), tenant, aggregate_id))
     finally:
         close_store(store)
     if dry_run:
@@ -214,7 +214,7 @@ async def _ensure_replay_stream(js: Any) -> None:
                                          description="events republished for one subscriber to re-consume"))
 
 
-def _selected(store: ErpEventStore, start: int, stop: int | None, types: set[str], tenant: str | None,
+def selected_messages(store: ErpEventStore, start: int, stop: int | None, types: set[str], tenant: str | None,
               aggregate_id: UUID | None) -> Any:
     position = start - 1
     while True:

@@ -63,7 +63,7 @@ class BusinessTermsConfigured(msgspec.Struct, frozen=True, kw_only=True):
     currency: str
     payment_terms_days: int
     notifications: dict[str, list[str]]  # notifiable event -> channels
-    receiving_warehouse_id: str | None = None
+    receiving_warehouse_id: str | None = None  # since schema version 2
 
 
 class UserReferenced(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,7 +116,8 @@ PUBLICATIONS: dict[type, Publication] = {
         lambda e: BusinessTermsConfigured(tenant_settings_id=e.originator_id, currency=e.currency,
                                           payment_terms_days=e.payment_terms_days,
                                           notifications=e.notifications,
-                                          receiving_warehouse_id=getattr(e, "receiving_warehouse_id", None))),
+                                          receiving_warehouse_id=e.receiving_warehouse_id),
+        schema_version=2),
     domain_event(UserReference, "Referenced"): Publication(
         "erp.user_reference.referenced", UserReferenced, "user_reference",
         lambda e: UserReferenced(user_reference_id=e.originator_id, user_id=e.user_id, email=e.email,
