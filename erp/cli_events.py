@@ -181,7 +181,8 @@ def replay(name: str, from_position: int, to_position: int | None, event_types: 
     settings = Settings()
     store = store_for(database_url(settings), 1)
     try:
-        chosen = list(selected_messages(store, from_position, to_position, set(event_types), tenant, aggregate_id))
+        chosen = list(selected_messages(store, from_position, to_position, set(event_types), tenant,
+                                        aggregate_id))
     finally:
         close_store(store)
     if dry_run:
