@@ -56,9 +56,9 @@ def _view(info: credentials.CredentialInfo) -> dict[str, Any]:
 async def _owner_connection(request: Request) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """The credentials table is not the API role's to read: these rare calls connect as the
     owner, for a registered and active tenant only."""
-    await reads.service(request).runner.check_tenant(rq.tenant(request))
-    url = reads.service(request).endpoints.database_url
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+    service = reads.service(request)
+    await service.runner.check_tenant(rq.tenant(request))
+    async with service.owner_pool.connection() as conn:
         yield conn
 
 

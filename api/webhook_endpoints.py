@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID, uuid4
 
-import psycopg
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
@@ -85,7 +84,7 @@ async def register(request: Request) -> Response:
         return problem(503, "Service unavailable", "webhooks need the tier-1 master keys")
     await service.runner.check_tenant(rq.tenant(request))
     endpoint_id, secret, tenant = uuid4(), "whsec_" + secrets.token_urlsafe(32), rq.tenant(request)
-    async with await psycopg.AsyncConnection.connect(service.endpoints.database_url, autocommit=True) as conn:
+    async with service.owner_pool.connection() as conn:
         await credentials.put(conn, service.keyring, tenant, secret_name(endpoint_id), secret,
                               actor=principal(request).subject)
         cur = await conn.execute(
@@ -125,7 +124,7 @@ async def deliveries(request: Request) -> Response:
 async def deactivate(request: Request) -> Response:
     endpoint_id: UUID = request.path_params["endpoint_id"]
     service = reads.service(request)
-    async with await psycopg.AsyncConnection.connect(service.endpoints.database_url, autocommit=True) as conn:
+    async with service.owner_pool.connection() as conn:
         cur = await conn.execute("UPDATE webhook_endpoints SET active = false WHERE endpoint_id = %s "
                                  "AND tenant_id = %s AND active", (endpoint_id, rq.tenant(request)))
     if cur.rowcount != 1:

@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import msgspec
-import psycopg
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -27,7 +26,7 @@ from api import reads
 from api.openapi import operation
 from api.problems import BadRequest, problem
 from api.responses import JSON
-from erp import credentials, inbound
+from erp import credentials
 from erp.commands import NothingChanged
 from integrations.webhooks import sign
 from streams import envelope as env
@@ -56,8 +55,7 @@ async def receive(request: Request) -> Response:
     if service.keyring is None:
         return problem(503, "Service unavailable", "webhooks need the tier-1 master keys")
     body = await request.body()
-    url = service.endpoints.database_url
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+    async with service.owner_pool.connection() as conn:
         try:
             secret = await credentials.reveal(conn, service.keyring, credentials.PLATFORM,
                                               f"webhook.{source}")
@@ -80,8 +78,8 @@ async def _handle(service: Any, body: bytes) -> env.Envelope[Any]:
         event_type = msgspec.json.decode(body, type=dict[str, Any]).get("event_type", "")
     except msgspec.DecodeError:
         raise BadRequest("the body must be an event envelope (JSON)", field="body") from None
-    found = next((s for subs in inbound.subscriptions(service.runner, service.inbound_pool).values()
-                  for s in subs if s.subject == event_type), None)
+    found = next((s for subs in service.inbound_subscriptions.values() for s in subs
+                  if s.subject == event_type), None)
     if found is None:
         raise BadRequest(f"event_type {event_type!r} is not one this service consumes",
                          field="body.event_type")

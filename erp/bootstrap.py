@@ -35,7 +35,7 @@ from projections.runner import ProjectorRunner, ensure_schema
 from projections.tenancy import as_api_role, isolate_tenants
 from projections.users import UsersProjection
 from projections.work_orders import BomsProjection, WorkOrdersProjection
-from streams.inbound import InboundConsumer, ensure_dead_letter_stream
+from streams.inbound import InboundConsumer, Subscription, ensure_dead_letter_stream
 from streams.jetstream import connect, ensure_stream
 from streams.leadership import lead, stop_tasks
 from streams.relay import Relay
@@ -92,7 +92,10 @@ class Service:
     positions: ReadModelPositions = field(init=False)
     relay: Relay | None = field(init=False, default=None)
     inbound: list[InboundConsumer] = field(init=False, default_factory=list)
-    inbound_pool: AsyncConnectionPool[Any] = field(init=False)
+    # As the tables' owner, for work beyond the API role: inbound effects, reactions,
+    # webhooks and the tier-1 administration routes.
+    owner_pool: AsyncConnectionPool[Any] = field(init=False)
+    inbound_subscriptions: dict[str, list[Subscription]] = field(init=False, default_factory=dict)
     projectors: list[ProjectorRunner] = field(init=False, default_factory=list)
     leading: set[str] = field(init=False, default_factory=set)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
@@ -124,13 +127,14 @@ class Service:
         self.positions = ReadModelPositions(url)
         self._spawn("group-commit", self.committer.run())
         self._spawn("positions", self.positions.run())
-        # Inbound effects (from the stream or webhooks) write read models as the owner.
-        self.inbound_pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False,
-                                                kwargs={"application_name": "erp-inbound"})
-        await self.inbound_pool.open()
+        self.owner_pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False,
+                                              kwargs={"autocommit": True, "application_name": "erp-owner"})
+        await self.owner_pool.open()
+        # what each consumed event does, from the stream or a webhook
+        self.inbound_subscriptions = inbound.subscriptions(self.runner, self.owner_pool)
         if s.run_inbound:
             await ensure_dead_letter_stream(self.js, s.dead_letter_stream, s.stream_replicas)
-            for service, subs in inbound.subscriptions(self.runner, self.inbound_pool).items():
+            for service, subs in self.inbound_subscriptions.items():
                 consumer = InboundConsumer(
                     self.js, s.inbound_streams.get(service, service.upper()), f"erp-{service}", subs,
                     dead_letters=s.dead_letter_stream, max_deliver=s.inbound_max_deliver,
@@ -141,11 +145,11 @@ class Service:
         self.peer_transport = PeerTransport(self.peer_policy)
         if s.run_reactions:
             self.reactions = TreasuryReactions(
-                self.js, s.stream, self.runner, self.inbound_pool, self.keyring, self.peer_transport,
+                self.js, s.stream, self.runner, self.owner_pool, self.keyring, self.peer_transport,
                 self.positions, s.dead_letter_stream, max_deliver=s.inbound_max_deliver)
             await self.reactions.start()
             self._spawn("reactions:treasury", self.reactions.run())
-            self.webhooks = WebhookDeliveries(self.js, s.stream, self.inbound_pool, self.keyring,
+            self.webhooks = WebhookDeliveries(self.js, s.stream, self.owner_pool, self.keyring,
                                               max_attempts=s.inbound_max_deliver)
             await self.webhooks.start()
             self._spawn("webhooks", self.webhooks.run())
@@ -182,7 +186,7 @@ class Service:
         with contextlib.suppress(Exception):
             await self.nc.drain()
         await self.read_pool.close()
-        await self.inbound_pool.close()
+        await self.owner_pool.close()
         await self.peer_transport.aclose()
         await asyncio.to_thread(close_store, self.store)
 
