@@ -1,6 +1,7 @@
-"""`/metrics` for Prometheus: HTTP latency by route and status, the relay, projectors,
-inbound consumers and dead letters of this process, and the peers' calls and breakers
-(integrations/policy.py). Scraped inside the cluster; it carries no tenant data."""
+"""`/metrics` for Prometheus: HTTP latency by route and status, commands by command and
+outcome and events recorded by type (erp/commands), the relay, projectors, inbound
+consumers (redeliveries too) and dead letters of this process, and the peers' calls and
+breakers (integrations/policy.py). Scraped inside the cluster; it carries no tenant data."""
 
 from __future__ import annotations
 
@@ -57,16 +58,27 @@ class ServiceCollector(Collector):
             name = runner.projection.name
             lag.add_metric([name], max(0, self._head - s.positions.position(name)))
         yield lag
+        resubscribes = CounterMetricFamily("erp_projector_resubscribes", "a projector starting again from its "
+                                           "checkpoint (gap, stall, moved checkpoint)", labels=["projection"])
+        skipped = CounterMetricFamily("erp_projector_redelivered", "events delivered again to a projector "
+                                      "after being applied (skipped)", labels=["projection"])
+        for runner in s.projectors:
+            resubscribes.add_metric([runner.projection.name], runner.resubscribes)
+            skipped.add_metric([runner.projection.name], runner.redelivered)
+        yield from (resubscribes, skipped)
         handled = CounterMetricFamily("erp_inbound_handled", "inbound events handled", labels=["consumer"])
         parked = CounterMetricFamily("erp_inbound_parked", "inbound events parked as dead letters",
                                      labels=["consumer"])
         pending = GaugeMetricFamily("erp_inbound_pending", "inbound events waiting (consumer lag)",
                                     labels=["consumer"])
+        redelivered = CounterMetricFamily("erp_inbound_redelivered", "inbound deliveries after the first "
+                                          "(retries, lost acknowledgements)", labels=["consumer"])
         for consumer in s.inbound:
             handled.add_metric([consumer.durable], consumer.handled)
             parked.add_metric([consumer.durable], consumer.terminated)
             pending.add_metric([consumer.durable], consumer.pending)
-        yield from (handled, parked, pending)
+            redelivered.add_metric([consumer.durable], consumer.redelivered)
+        yield from (handled, parked, pending, redelivered)
         yield GaugeMetricFamily("erp_dead_letters", "messages in the dead-letter stream",
                                 value=self._dead_letters)
 

@@ -84,6 +84,7 @@ class ProjectorRunner:
         self.log_position = 0
         self.applied_total = 0
         self.resubscribes = 0
+        self.redelivered = 0  # delivered again after being applied: skipped
 
     async def run(self) -> None:
         async with await psycopg.AsyncConnection.connect(
@@ -159,7 +160,8 @@ class ProjectorRunner:
         for msg in batch:
             seq = msg.metadata.sequence.stream
             if seq < next_seq:
-                continue  # delivered again: already applied
+                self.redelivered += 1  # delivered again: already applied
+                continue
             if seq > next_seq:
                 raise Resubscribe(f"expected sequence {next_seq}, got {seq}")
             try:

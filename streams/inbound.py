@@ -143,6 +143,7 @@ class InboundConsumer:
         self._ack_wait = ack_wait_seconds
         self.handled = 0
         self.terminated = 0  # parked in the dead-letter stream
+        self.redelivered = 0  # deliveries after the first (retries and lost acks)
         self.pending = 0  # in the stream for this consumer, as of the last delivery
 
     async def run(self) -> None:
@@ -173,6 +174,8 @@ class InboundConsumer:
     async def _deliver(self, msg: Any) -> None:
         attempt = msg.metadata.num_delivered
         self.pending = msg.metadata.num_pending
+        if attempt > 1:
+            self.redelivered += 1
         try:
             await self._handle(msg)
         except Unhandleable as refused:

@@ -39,6 +39,12 @@ async def test_metrics_show_http_latency_relay_projectors_and_consumers(
     assert set(lags) >= {"opportunities", "users"} and all(v >= 0 for v in lags.values())
     assert {s["consumer"] for s, _ in metrics["erp_inbound_handled_total"]} >= {"erp-auth", "erp-treasury"}
     assert metrics["erp_dead_letters"][0][1] == 0
+    commands = {(s["command"], s["outcome"]): v for s, v in metrics["erp_commands_total"]}
+    assert commands[("open_opportunity", "saved")] >= 1
+    events = {s["type"]: v for s, v in metrics["erp_events_recorded_total"]}
+    assert events["erp.opportunity.opened"] >= 1
+    assert {s["consumer"] for s, _ in metrics["erp_inbound_redelivered_total"]} >= {"erp-auth"}
+    assert {s["projection"] for s, _ in metrics["erp_projector_redelivered_total"]} >= {"opportunities"}
     assert metrics["erp_event_log_head"][0][1] >= 5
 
 

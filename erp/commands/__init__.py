@@ -17,7 +17,9 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
+from prometheus_client import Counter
 
+from aggregates.errors import DomainError
 from aggregates.tenant_settings import TenantSettings
 from erp import idempotency
 from erp.eventstore import (
@@ -30,9 +32,14 @@ from erp.eventstore import (
 )
 from erp.idempotency import IdempotencyKey, IdempotencyKeyReused, IdempotencyRecord
 from erp.identity import Forbidden
+from streams.catalogue import PUBLICATIONS
 
 A = TypeVar("A", bound=Aggregate)
 TENANT_CACHE_SECONDS = 30.0  # a suspension stops commands within this long in every process
+
+COMMANDS = Counter("erp_commands", "commands run by this process, by command and outcome",
+                   ["command", "outcome"])
+EVENTS = Counter("erp_events_recorded", "events this process recorded, by event type", ["type"])
 
 
 class NotFound(Exception):
@@ -133,9 +140,27 @@ class CommandRunner:
         """Runs `decide` and saves every aggregate it changed, in one transaction; answers
         the first aggregate's version and log position. The tenant must be registered and
         active, or only registered (`"known"`), or anything (`"any"`: registration itself)."""
+        command = decide.__qualname__.split(".<locals>")[0]
+        try:
+            saved, repeated = await self._execute(ctx, decide, tenant)
+        except NothingChanged:
+            COMMANDS.labels(command, "unchanged").inc()
+            raise
+        except VersionConflict:
+            COMMANDS.labels(command, "conflict").inc()
+            raise
+        except Exception as error:
+            refused = isinstance(error, (DomainError, Forbidden, NotFound, IdempotencyKeyReused))
+            COMMANDS.labels(command, "refused" if refused else "failed").inc()
+            raise
+        COMMANDS.labels(command, "repeated" if repeated else "saved").inc()
+        return saved
+
+    async def _execute(self, ctx: CommandContext, decide: Decision, tenant: TenantRule) -> tuple[Saved, bool]:
+        """The saved position, and whether it is a repeated request's first answer."""
         replayed = await self._replay(ctx)
         if replayed is not None:
-            return replayed
+            return replayed, True
         if tenant != "any":
             await self.check_tenant(ctx.tenant_id, suspended_too=tenant == "known")
         for attempt in range(self._retries + 1):
@@ -151,14 +176,20 @@ class CommandRunner:
             if ctx.idempotency is not None:
                 key = IdempotencyRecord(ctx.tenant_id, ctx.idempotency.key,
                                         ctx.idempotency.fingerprint, changed[0].id, changed[0].version)
+            recorded = [PUBLICATIONS[type(e)].subject if type(e) in PUBLICATIONS else type(e).__qualname__
+                        for a in changed for e in a.pending_events]
             try:
-                return (await self._committer.save(*changed, idempotency=key))[0]
+                saved = (await self._committer.save(*changed, idempotency=key))[0]
             except VersionConflict:
                 replayed = await self._replay(ctx)  # the same request may have won the race
                 if replayed is not None:
-                    return replayed
+                    return replayed, True
                 if ctx.expected_version is not None or attempt == self._retries:
                     raise
+                continue
+            for event_type in recorded:
+                EVENTS.labels(event_type).inc()
+            return saved, False
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def check_tenant(self, tenant_id: str, *, suspended_too: bool = False) -> None:
