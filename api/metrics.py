@@ -58,8 +58,8 @@ class ServiceCollector(Collector):
             name = runner.projection.name
             lag.add_metric([name], max(0, self._head - s.positions.position(name)))
         yield lag
-        resubscribes = CounterMetricFamily("erp_projector_resubscribes", "a projector starting again from its "
-                                           "checkpoint (gap, stall, moved checkpoint)", labels=["projection"])
+        resubscribes = CounterMetricFamily("erp_projector_resubscribes", "a projector starting again from "
+                                           "its checkpoint", labels=["projection"])
         skipped = CounterMetricFamily("erp_projector_redelivered", "events delivered again to a projector "
                                       "after being applied (skipped)", labels=["projection"])
         for runner in s.projectors:

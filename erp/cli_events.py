@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -32,12 +32,14 @@ def events() -> None:
     pass
 
 
+_MOMENT = click.DateTime(formats=["%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S%z",
+                                  "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"])
+
+
 @events.command("show", help="An aggregate's history, and its state at a version or a time (time travel).")
 @click.argument("aggregate_id", type=click.UUID)
 @click.option("--version", type=click.IntRange(min=1), help="Its state after this version.")
-@click.option("--at", "at", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z",
-                                                        "%Y-%m-%dT%H:%M:%S"]),
-              help="Its state at this time (ISO 8601; UTC when no offset is given).")
+@click.option("--at", "at", type=_MOMENT, help="Its state at this time (ISO 8601; UTC without an offset).")
 def show(aggregate_id: UUID, version: int | None, at: datetime | None) -> None:
     store = store_for(database_url(Settings()), 1)
     try:
@@ -173,16 +175,19 @@ def rebuild_command(names: tuple[str, ...], everything: bool) -> None:
 @click.option("--type", "event_types", multiple=True, help="Only these event types (repeat).")
 @click.option("--tenant", help="Only this tenant's events.")
 @click.option("--aggregate", "aggregate_id", type=click.UUID, help="Only this aggregate's events.")
+@click.option("--since", type=_MOMENT, help="Only events at or after this time (ISO 8601; UTC by default).")
+@click.option("--until", type=_MOMENT, help="Only events before this time.")
 @click.option("--dry-run", is_flag=True, help="Count what would go; publish nothing.")
 def replay(name: str, from_position: int, to_position: int | None, event_types: tuple[str, ...],
-           tenant: str | None, aggregate_id: UUID | None, dry_run: bool) -> None:
+           tenant: str | None, aggregate_id: UUID | None, since: datetime | None, until: datetime | None,
+           dry_run: bool) -> None:
     if not name.replace("-", "").replace("_", "").isalnum():
         raise click.UsageError("--name: letters, digits, - and _ only")
     settings = Settings()
     store = store_for(database_url(settings), 1)
     try:
         chosen = list(selected_messages(store, from_position, to_position, set(event_types), tenant,
-                                        aggregate_id))
+                                        aggregate_id, (_utc(since), _utc(until))))
     finally:
         close_store(store)
     if dry_run:
@@ -215,8 +220,15 @@ async def _ensure_replay_stream(js: Any) -> None:
                                          description="events republished for one subscriber to re-consume"))
 
 
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def selected_messages(store: ErpEventStore, start: int, stop: int | None, types: set[str], tenant: str | None,
-              aggregate_id: UUID | None) -> Any:
+                      aggregate_id: UUID | None,
+                      between: tuple[datetime | None, datetime | None] = (None, None)) -> Any:
+    """The stored events chosen, as the relay would publish them, in log order."""
+    since, until = between
     position = start - 1
     while True:
         notifications = store.recorder.select_notifications(position + 1, 1000, stop=stop)
@@ -228,7 +240,11 @@ def selected_messages(store: ErpEventStore, start: int, stop: int | None, types:
             message = to_message(store, vars(notification) | {"notification_id": notification.id})
             if types and message.subject not in types:
                 continue
-            if tenant is not None and json.loads(message.payload)["tenant_id"] != tenant:
-                continue
+            if tenant is not None or since is not None or until is not None:
+                body = json.loads(message.payload)
+                at = datetime.fromisoformat(body["timestamp"])
+                if ((tenant is not None and body["tenant_id"] != tenant) or (since is not None and at < since)
+                        or (until is not None and at >= until)):
+                    continue
             yield message
         position = notifications[-1].id

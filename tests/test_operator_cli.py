@@ -4,6 +4,7 @@ checkpoints and lag; the live stream."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Any
 
@@ -12,6 +13,7 @@ from click.testing import CliRunner, Result
 
 from erp.bootstrap import Service
 from erp.cli import main
+from tests.conftest import eventually
 
 OPPORTUNITIES = "/api/v1/crm/opportunities"
 
@@ -91,6 +93,30 @@ async def test_replay_by_range_to_a_prefix_delivers_exactly_that_range(
     original = await js.get_msg("ERP", positions[1])
     assert replayed[0].data == original.data  # the same envelope, the same event_id
     assert (await js.stream_info("ERP")).state.messages == positions[-1]  # our stream untouched
+
+
+async def test_replay_by_time_range_delivers_the_events_of_that_window(
+    client: httpx.AsyncClient, service: Service, js: Any
+) -> None:
+    positions = []
+    for i in range(4):
+        opened = await client.post(OPPORTUNITIES, json={"customer_id": "c", "title": f"t{i}", "owner": "o"})
+        positions.append(opened.json()["log_position"])
+        await asyncio.sleep(0.05)
+    await eventually(lambda: _stream_has(js, positions[-1]))
+    moments = [json.loads((await js.get_msg("ERP", p)).data)["timestamp"] for p in positions]
+    window = ("--name", "by-time", "--since", moments[1][:26], "--until", moments[3][:26])
+    counted = await asyncio.to_thread(erp, service, "events", "replay", *window, "--dry-run")
+    assert "would replay 2 events" in counted.output
+    await asyncio.to_thread(erp, service, "events", "replay", *window)
+    info = await js.stream_info("ERP_REPLAY")
+    replayed = [await js.get_msg("ERP_REPLAY", seq) for seq in range(info.state.first_seq,
+                                                                       info.state.last_seq + 1)]
+    assert [int(m.headers["Erp-Log-Position"]) for m in replayed] == positions[1:3]
+
+
+async def _stream_has(js: Any, position: int) -> bool:
+    return bool((await js.stream_info("ERP")).state.last_seq >= position)
 
 
 async def test_the_subscriber_example_gets_each_won_opportunity_typed_once(
