@@ -113,8 +113,9 @@ def projections() -> None:
     pass
 
 
-@projections.command("status", help="Each projection's checkpoint and how far it is behind the event store.")
-def status() -> None:
+def _status() -> None:
+    from projections.rebuild import in_progress
+
     async def read() -> None:
         async with await psycopg.AsyncConnection.connect(database_url(Settings())) as conn:
             head = (await (await conn.execute("SELECT coalesce(max(notification_id), 0) FROM erp_events"))
@@ -125,19 +126,30 @@ def status() -> None:
             for name, seq, position, updated in await cur.fetchall():
                 behind = head - position
                 state = "caught up" if behind <= 0 else f"{behind} behind"
+                found = await in_progress(conn, name)
+                note = "" if found is None else "  rebuild from the {} interrupted at {}".format(*found)
                 click.echo(f"{name:16s} position {position:>10}  stream seq {seq:>10}  {state:>14}  "
-                           f"updated {updated:%Y-%m-%d %H:%M:%S}")
+                           f"updated {updated:%Y-%m-%d %H:%M:%S}{note}")
 
     asyncio.run(read())
 
 
-@projections.command("rebuild", help="Rebuild read models from the event store into new tables, then swap "
-                                     "them in; the API keeps serving the old ones meanwhile.")
+projections.command("status", help="Each projection's checkpoint, how far it is behind the event store, and "
+                                   "any interrupted rebuild.")(_status)
+projections.command("list", help="The same as status.")(_status)
+
+
+@projections.command("rebuild", help="Rebuild read models into new tables, then swap them in; the API keeps "
+                                     "serving the old ones meanwhile.")
 @click.argument("names", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Every projection.")
-def rebuild_command(names: tuple[str, ...], everything: bool) -> None:
+@click.option("--from-stream", is_flag=True, help="Read the JetStream stream instead of the event store.")
+@click.option("--resume", "interrupted", flag_value="resume", help="Resume an interrupted rebuild.")
+@click.option("--discard", "interrupted", flag_value="discard", help="Discard an interrupted rebuild.")
+def rebuild_command(names: tuple[str, ...], everything: bool, from_stream: bool,
+                    interrupted: str | None) -> None:
     from erp.bootstrap import all_projections
-    from projections.rebuild import rebuild
+    from projections.rebuild import EventStoreSource, Interrupted, InterruptedRebuild, StreamSource, rebuild
 
     known = {p.name: p for p in all_projections()}
     if bool(names) == everything:
@@ -145,24 +157,46 @@ def rebuild_command(names: tuple[str, ...], everything: bool) -> None:
     unknown = sorted(set(names) - set(known))
     if unknown:
         raise click.UsageError(f"unknown projections {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    url = database_url(Settings())
+    settings = Settings()
+    url = database_url(settings)
     store = store_for(url, 2)
+
+    mode: Interrupted = "refuse"
+    if interrupted in ("resume", "discard"):
+        mode = "resume" if interrupted == "resume" else "discard"
+
+    async def run(name: str) -> Any:
+        started = time.perf_counter()
+
+        def report(done: int, total: int) -> None:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            eta = (total - done) / rate if rate else 0
+            line = f"{name}: {done}/{total}, {rate:,.0f} events/s, ETA {eta:.0f} s"
+            if sys.stdout.isatty():  # one line, redrawn
+                click.echo(f"\r{line}   ", nl=False)
+            else:
+                click.echo(line)
+
+        if not from_stream:
+            return await rebuild(url, EventStoreSource(store), known[name], progress=report,
+                                 interrupted=mode)
+        nc = await nats.connect(nats_url(settings))
+        try:
+            source = StreamSource(nc.jetstream(), settings.stream)
+            return await rebuild(url, source, known[name], progress=report, interrupted=mode)
+        finally:
+            await nc.close()
+
     try:
         for name in sorted(known) if everything else names:
-            started = time.perf_counter()
-
-            def report(done: int, total: int, name: str = name, started: float = started) -> None:
-                rate = done / max(time.perf_counter() - started, 1e-9)
-                eta = (total - done) / rate if rate else 0
-                line = f"{name}: {done}/{total} events, {rate:,.0f}/s, ETA {eta:.0f} s"
-                if sys.stdout.isatty():  # one line, redrawn
-                    click.echo(f"\r{line}   ", nl=False)
-                else:
-                    click.echo(line)
-
-            done = asyncio.run(rebuild(url, store, known[name], progress=report))
+            try:
+                done = asyncio.run(run(name))
+            except InterruptedRebuild as error:
+                raise click.ClickException(f"{error} (--resume or --discard)") from None
+            if sys.stdout.isatty():
+                click.echo()
             click.echo(f"{name}: rebuilt from {done.events} events in {done.seconds:.1f} s "
-                       f"({done.rate:,.0f} events/s); live processing resumes from {done.position}")
+                       f"({done.rate:,.0f} events/s); live processing resumes after {done.position}")
     finally:
         close_store(store)
 

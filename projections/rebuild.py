@@ -1,40 +1,56 @@
-"""Rebuilding a read model from the event store while the API keeps serving the old one.
+"""Rebuilding a read model while the API keeps serving the old one.
 
-The projection's tables are built in a schema of their own (`rebuild_<name>`), from every
-stored event, in batches, through the same code path as live processing (each event
-encoded as the relay publishes it, decoded and applied by the projection). Then, in one
-transaction, the new tables replace the old, the checkpoint moves to where the rebuild
-ended, and row-level security is applied again. The live runner finds its checkpoint
-moved and resumes from there (events it applied to the old tables meanwhile are applied
-again to the new ones; every projection is idempotent per aggregate version).
+The projection's tables are built in a schema of their own (`rebuild_<name>`), in batches,
+through the same code path as live processing: from the event store (the source of
+truth; each event encoded as the relay publishes it, then decoded and applied by the
+projection) or from the JetStream stream (decoded exactly as the live runner does). Each
+batch commits with its progress, so an interrupted rebuild can be resumed or discarded.
+Then, in one transaction, the new tables replace the old, the checkpoint moves to where
+the rebuild ended, and row-level security is applied again. The live runner finds its
+checkpoint moved and resumes from there (events it applied to the old tables meanwhile
+are applied again to the new ones; every projection is idempotent per aggregate version).
 
 Stream sequence and log position are equal for a stream the relay wrote from the start,
-which is what the checkpoint relies on when the rebuild sets both.
+which is what the checkpoint relies on when a rebuild from the event store sets both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import psycopg
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from erp.eventstore import ErpEventStore
 from projections.base import POSITIONS_CHANNEL, Delivered, Projection
+from projections.runner import to_delivered
 from projections.tenancy import isolate_tenants
 from streams import envelope as env
+from streams.jetstream import SUBJECTS
 from streams.relay import to_message
 
-Progress = Callable[[int, int], None]  # (events read, events in the store)
+Progress = Callable[[int, int], None]  # (position reached, position to reach)
+Interrupted = Literal["refuse", "resume", "discard"]
+PROGRESS_TABLE = "rebuild_progress"  # in the rebuild's schema; never swapped in
+
+
+class InterruptedRebuild(Exception):
+    def __init__(self, name: str, source: str, position: int) -> None:
+        super().__init__(f"an interrupted rebuild of {name} (from the {source}) reached position {position}: "
+                         "resume it or discard it")
 
 
 @dataclass(frozen=True)
 class Rebuilt:
     projection: str
-    events: int
-    position: int
+    events: int  # events read by this run
+    position: int  # the log position live processing resumes after
     seconds: float
 
     @property
@@ -42,52 +58,167 @@ class Rebuilt:
         return self.events / self.seconds if self.seconds else float("inf")
 
 
-async def rebuild(database_url: str, store: ErpEventStore, projection: Projection, *, batch: int = 5000,
-                  progress: Progress | None = None) -> Rebuilt:
+class Source(Protocol):
+    name: str  # "event store" or "stream"
+
+    async def end(self) -> int:
+        """The position (log position or stream sequence) the rebuild reads up to."""
+
+    def batches(self, projection: Projection, after: int, end: int,
+                size: int) -> AsyncIterator[list[Delivered]]:
+        """Every event after `after` up to `end`, in order, in batches."""
+
+
+class EventStoreSource:
+    name = "event store"
+
+    def __init__(self, store: ErpEventStore) -> None:
+        self._store = store
+
+    async def end(self) -> int:
+        head = await asyncio.to_thread(self._store.recorder.max_notification_id)
+        return int(head or 0)
+
+    async def batches(self, projection: Projection, after: int, end: int,
+                      size: int) -> AsyncIterator[list[Delivered]]:
+        while after < end:
+            select = self._store.recorder.select_notifications
+            notifications = await asyncio.to_thread(select, after + 1, size, stop=end)
+            if not notifications:
+                return
+            batch = []
+            for notification in notifications:
+                message = to_message(self._store, vars(notification) | {"notification_id": notification.id})
+                payload_type = projection.reads(message.subject)
+                batch.append(Delivered(
+                    subject=message.subject, stream_seq=message.position, log_position=message.position,
+                    aggregate_version=notification.originator_version,
+                    envelope=None if payload_type is None else env.decode(message.payload, payload_type)))
+            yield batch
+            after = notifications[-1].id
+
+
+class StreamSource:
+    """The JetStream stream, read as the live runner reads it (ordered consumer)."""
+
+    name = "stream"
+
+    def __init__(self, js: JetStreamContext, stream: str) -> None:
+        self._js = js
+        self._stream = stream
+
+    async def end(self) -> int:
+        return int((await self._js.stream_info(self._stream)).state.last_seq)
+
+    async def batches(self, projection: Projection, after: int, end: int,
+                      size: int) -> AsyncIterator[list[Delivered]]:
+        if after >= end:
+            return
+        first = (await self._js.stream_info(self._stream)).state.first_seq
+        if first > after + 1:
+            raise RuntimeError(f"stream {self._stream} no longer holds sequences {after + 1}..{first - 1}: "
+                               "rebuild from the event store")
+        arrived: asyncio.Queue[Msg] = asyncio.Queue(maxsize=2 * size)
+
+        async def on_message(msg: Msg) -> None:
+            await arrived.put(msg)
+
+        sub = await self._js.subscribe(SUBJECTS[0], stream=self._stream, cb=on_message, ordered_consumer=True,
+                                       config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                                             opt_start_seq=after + 1))
+        try:
+            while after < end:
+                batch: list[Delivered] = []
+                while len(batch) < size and after < end:
+                    async with asyncio.timeout(30):
+                        msg = await arrived.get()
+                    seq = msg.metadata.sequence.stream
+                    if seq <= after:
+                        continue  # the ordered consumer restarted and delivered it again
+                    batch.append(to_delivered(projection, msg))
+                    after = seq
+                yield batch
+        finally:
+            await sub.unsubscribe()
+
+
+async def rebuild(database_url: str, source: Source, projection: Projection, *, batch: int = 5000,
+                  progress: Progress | None = None, interrupted: Interrupted = "refuse") -> Rebuilt:
     started = time.perf_counter()
     schema = f"rebuild_{projection.name}"
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        head = int(store.recorder.max_notification_id() or 0)
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")  # an interrupted rebuild
-        await conn.execute(f"CREATE SCHEMA {schema}")
+        resumed = await _prepare(conn, schema, projection, source, interrupted)
+        seq, position = resumed
+        end = await source.end()
+        read = 0
         await conn.execute(f"SET search_path TO {schema}, public")  # new tables here; others read as live
-        await conn.execute(projection.ddl)
-        position = await _replay(conn, store, projection, batch, head, progress)
+        async for events in source.batches(projection, seq, end, batch):
+            async with conn.transaction(), conn.cursor() as cur, conn.pipeline():
+                for event in events:
+                    if event.envelope is not None:
+                        await projection.apply(cur, event)
+                seq, position = events[-1].stream_seq, max(position, events[-1].log_position)
+                await cur.execute(f"UPDATE {PROGRESS_TABLE} SET stream_seq = %s, log_position = %s",
+                                  (seq, position))
+            read += len(events)
+            if progress is not None:
+                progress(seq, max(end, seq))
         await conn.execute("SET search_path TO DEFAULT")
-        await _swap(conn, schema, projection.name, position)
+        await _swap(conn, schema, projection.name, seq, position)
         await isolate_tenants(conn)
-    return Rebuilt(projection.name, position, position, time.perf_counter() - started)
+    return Rebuilt(projection.name, read, position, time.perf_counter() - started)
 
 
-async def _replay(conn: psycopg.AsyncConnection[Any], store: ErpEventStore, projection: Projection,
-                  batch: int, head: int, progress: Progress | None) -> int:
-    position = 0
-    while True:
-        notifications = store.recorder.select_notifications(position + 1, batch)
-        if not notifications:
-            return position
-        async with conn.transaction(), conn.cursor() as cur, conn.pipeline():
-            for notification in notifications:
-                message = to_message(store, vars(notification) | {"notification_id": notification.id})
-                payload_type = projection.reads(message.subject)
-                if payload_type is not None:
-                    await projection.apply(cur, Delivered(
-                        subject=message.subject, stream_seq=message.position, log_position=message.position,
-                        aggregate_version=notification.originator_version,
-                        envelope=env.decode(message.payload, payload_type)))
-        position = notifications[-1].id
-        if progress is not None:
-            progress(position, max(head, position))
+async def in_progress(conn: psycopg.AsyncConnection[Any], name: str) -> tuple[str, int] | None:
+    """An interrupted rebuild of the projection: its source and the position it reached."""
+    cur = await conn.execute("SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s",
+                             (f"rebuild_{name}", PROGRESS_TABLE))
+    if await cur.fetchone() is None:
+        return None
+    cur = await conn.execute(f"SELECT source, log_position FROM rebuild_{name}.{PROGRESS_TABLE}")
+    row = await cur.fetchone()
+    return (str(row[0]), int(row[1])) if row else None
 
 
-async def _swap(conn: psycopg.AsyncConnection[Any], schema: str, name: str, position: int) -> None:
+async def _prepare(conn: psycopg.AsyncConnection[Any], schema: str, projection: Projection, source: Source,
+                   interrupted: Interrupted) -> tuple[int, int]:
+    """A fresh rebuild schema, or the interrupted one to resume: where to start from."""
+    found = await in_progress(conn, projection.name)
+    if found is not None and interrupted == "refuse":
+        raise InterruptedRebuild(projection.name, *found)
+    if found is not None and interrupted == "resume":
+        if found[0] != source.name:
+            raise InterruptedRebuild(projection.name, *found)
+        cur = await conn.execute(f"SELECT stream_seq, log_position FROM {schema}.{PROGRESS_TABLE}")
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+    await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")  # discarded, or left without progress
+    async with conn.transaction():
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+        await conn.execute(projection.ddl)
+        await conn.execute(f"CREATE TABLE {PROGRESS_TABLE} (source text NOT NULL, "
+                           "stream_seq bigint NOT NULL, log_position bigint NOT NULL)")
+        await conn.execute(f"INSERT INTO {PROGRESS_TABLE} VALUES (%s, 0, 0)", (source.name,))
+    return 0, 0
+
+
+async def discard(conn: psycopg.AsyncConnection[Any], name: str) -> bool:
+    found = await in_progress(conn, name)
+    await conn.execute(f"DROP SCHEMA IF EXISTS rebuild_{name} CASCADE")
+    return found is not None
+
+
+async def _swap(conn: psycopg.AsyncConnection[Any], schema: str, name: str, seq: int, position: int) -> None:
     async with conn.transaction():
         await conn.execute("SELECT 1 FROM projection_checkpoints WHERE name = %s FOR UPDATE", (name,))
-        cur = await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))
+        cur = await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename <> %s",
+                                 (schema, PROGRESS_TABLE))
         for (table,) in await cur.fetchall():
             await conn.execute(f"DROP TABLE IF EXISTS public.{table} CASCADE")
             await conn.execute(f"ALTER TABLE {schema}.{table} SET SCHEMA public")
         await conn.execute(f"DROP SCHEMA {schema} CASCADE")
         await conn.execute("UPDATE projection_checkpoints SET stream_seq = %s, log_position = %s, "
-                           "updated_at = now() WHERE name = %s", (position, position, name))
+                           "updated_at = now() WHERE name = %s", (seq, position, name))
         await conn.execute("SELECT pg_notify(%s, %s)", (POSITIONS_CHANNEL, f"{name}:{position}"))

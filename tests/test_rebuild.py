@@ -8,11 +8,12 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from click.testing import CliRunner
 
 from erp.bootstrap import Service, all_projections
 from erp.cli import main
-from projections.rebuild import rebuild
+from projections.rebuild import EventStoreSource, rebuild
 from tests.test_hrm_api import hire, ok
 from tests.test_procurement_api import approved
 
@@ -33,9 +34,7 @@ async def caught_up(service: Service) -> None:
         await service.positions.wait(projection.name, head, 20.0)
 
 
-async def test_a_rebuild_equals_live_processing_row_by_row(
-    client: httpx.AsyncClient, service: Service
-) -> None:
+async def build_history(client: httpx.AsyncClient) -> None:
     for i in range(5):
         oid = (await client.post(OPPORTUNITIES, json={"customer_id": f"c{i}", "title": f"t{i}", "owner": "o",
                                                       "amount": 100 + i})).json()["id"]
@@ -49,12 +48,23 @@ async def test_a_rebuild_equals_live_processing_row_by_row(
     run = (await ok(client, "/api/v1/hrm/payroll-runs", {"period": "2026-02"}, status=201))["id"]
     await ok(client, f"/api/v1/hrm/payroll-runs/{run}/calculate")
     await client.post("/api/v1/users/sync", json={"user_id": "u-1", "email": "a@b.co"})
+
+
+def cli(service: Service, *args: str) -> Any:
+    env = {"ERP_DATABASE_URL": service.endpoints.database_url, "ERP_NATS_URL": service.endpoints.nats_url}
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+@pytest.mark.parametrize("source", [(), ("--from-stream",)], ids=["from the event store", "from the stream"])
+async def test_a_rebuild_equals_live_processing_row_by_row(
+    client: httpx.AsyncClient, service: Service, source: tuple[str, ...]
+) -> None:
+    await build_history(client)
     await caught_up(service)
     live = await rows(service)
     assert all(live[t] for t in ("opportunities", "purchase_orders", "payslips", "users"))
 
-    env = {"ERP_DATABASE_URL": service.endpoints.database_url}
-    result = await asyncio.to_thread(CliRunner().invoke, main, ["projections", "rebuild", "--all"], env=env)
+    result = await asyncio.to_thread(cli, service, "projections", "rebuild", "--all", *source)
     assert result.exit_code == 0, result.output
     assert "events/s" in result.output and "opportunities: rebuilt from" in result.output
     await caught_up(service)
@@ -76,7 +86,8 @@ async def test_a_rebuild_while_commands_keep_arriving_loses_nothing(
                                                         "owner": "o"})).json()["id"] for i in range(60)]
 
     rebuilt, during = await asyncio.gather(
-        rebuild(service.endpoints.database_url, service.store, opportunities, batch=10), keep_opening())
+        rebuild(service.endpoints.database_url, EventStoreSource(service.store), opportunities, batch=10),
+        keep_opening())
     assert rebuilt.events >= 50 + 4  # the opened ones and the tenants' registrations
     await caught_up(service)
     async with await psycopg.AsyncConnection.connect(service.endpoints.database_url) as conn:
@@ -84,3 +95,43 @@ async def test_a_rebuild_while_commands_keep_arriving_loses_nothing(
     assert len(titles) == 110 and len(set(titles)) == 110
     page = (await client.get(OPPORTUNITIES, params={"limit": 200})).json()["items"]
     assert set(during) <= {o["opportunity_id"] for o in page}  # every command made during it is there
+
+
+class Interrupt(Exception):
+    pass
+
+
+async def test_an_interrupted_rebuild_is_resumed_or_discarded(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    await build_history(client)
+    await caught_up(service)
+    live = await rows(service)
+    payroll = next(p for p in all_projections() if p.name == "payroll")
+
+    def stop_after_the_first_batch(done: int, total: int) -> None:
+        raise Interrupt(f"interrupted at {done} of {total}")
+
+    with pytest.raises(Interrupt):
+        await rebuild(service.endpoints.database_url, EventStoreSource(service.store), payroll, batch=5,
+                      progress=stop_after_the_first_batch)
+    status = (await asyncio.to_thread(cli, service, "projections", "status")).output
+    assert "payroll" in status and "rebuild from the event store interrupted at 5" in status
+    refused = await asyncio.to_thread(cli, service, "projections", "rebuild", "payroll")
+    assert refused.exit_code == 1 and "--resume or --discard" in refused.output
+
+    resumed = await asyncio.to_thread(cli, service, "projections", "rebuild", "payroll", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    head = await asyncio.to_thread(service.store.recorder.max_notification_id) or 0
+    assert f"payroll: rebuilt from {head - 5} events" in resumed.output  # only what was left
+    await caught_up(service)
+    assert await rows(service) == live
+
+    with pytest.raises(Interrupt):
+        await rebuild(service.endpoints.database_url, EventStoreSource(service.store), payroll, batch=5,
+                      progress=stop_after_the_first_batch)
+    discarded = await asyncio.to_thread(cli, service, "projections", "rebuild", "payroll", "--discard")
+    assert discarded.exit_code == 0 and f"payroll: rebuilt from {head} events" in discarded.output
+    await caught_up(service)
+    assert await rows(service) == live
+    assert "interrupted" not in (await asyncio.to_thread(cli, service, "projections", "list")).output
