@@ -243,6 +243,41 @@ def replay(name: str, from_position: int, to_position: int | None, event_types: 
     click.echo(f"replayed {len(chosen)} events to replay.{name}.* in {REPLAY_STREAM}")
 
 
+@events.command("recover-stream", help="Recreate the ERP stream from the event store when it was lost, "
+                                       "purged or truncated (its consumers go with it).")
+@click.option("--yes", is_flag=True, help="Do it; without it, only say what is wrong.")
+def recover_stream(yes: bool) -> None:
+    from streams.recovery import diagnose, recover
+
+    settings = Settings()
+    url = database_url(settings)
+
+    async def run() -> None:
+        nc = await nats.connect(nats_url(settings))
+        try:
+            problem = await diagnose(nc, url, settings.stream)
+            if problem is None:
+                click.echo(f"stream {settings.stream} is whole: the relay carries on from its last event")
+                return
+            click.echo(problem)
+            if not yes:
+                click.echo("run again with --yes to recreate it and republish every stored event "
+                           "(consumers of the stream are deleted with it)")
+                return
+            store = store_for(url, 2)
+            try:
+                def report(done: int, total: int) -> None:
+                    click.echo(f"republished {done}/{total}")
+                total = await recover(nc, url, store, settings.stream, settings.stream_replicas, report)
+            finally:
+                close_store(store)
+            click.echo(f"stream {settings.stream} recreated: {total} events republished, ids unchanged")
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+
+
 REPLAY_STREAM = "ERP_REPLAY"
 
 

@@ -46,7 +46,7 @@ from integrations.treasury import BillRequest, InvoiceRequest, PayeeLine, Payrol
 from projections.positions import ReadModelPositions
 from streams import envelope as env
 from streams.catalogue import PAYLOADS_BY_SUBJECT
-from streams.inbound import backoff, consume, park
+from streams.inbound import backoff, consume_durable, park
 from streams.jetstream import header
 
 log = structlog.get_logger("erp.reactions")
@@ -91,8 +91,7 @@ class TreasuryReactions:
         await self._js.add_consumer(self._stream, config)
 
     async def run(self) -> None:
-        await consume(await self._js.pull_subscribe_bind(durable=DURABLE, stream=self._stream), 16,
-                      self._deliver)
+        await consume_durable(self._js, self._stream, DURABLE, self.start, 16, self._deliver)
 
     async def _deliver(self, msg: Any) -> None:
         attempt = msg.metadata.num_delivered

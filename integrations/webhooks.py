@@ -21,7 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
 
 from erp import credentials
-from streams.inbound import backoff, consume
+from streams.inbound import backoff, consume_durable
 
 log = structlog.get_logger("erp.webhooks")
 
@@ -75,8 +75,7 @@ class WebhookDeliveries:
 
     async def run(self) -> None:
         try:
-            await consume(await self._js.pull_subscribe_bind(durable=DURABLE, stream=self._stream), 32,
-                          self._deliver)
+            await consume_durable(self._js, self._stream, DURABLE, self.start, 32, self._deliver)
         finally:
             await self._http.aclose()
 

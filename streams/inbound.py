@@ -62,9 +62,27 @@ class Unhandleable(Exception):
     """This message will never succeed: it is not retried."""
 
 
+class ConsumerGone(Exception):
+    """The durable consumer was deleted (its stream recreated, or by an operator)."""
+
+
+async def consume_durable(js: JetStreamContext, stream: str, durable: str,
+                          create: Callable[[], Awaitable[None]], batch: int,
+                          deliver: Callable[[Any], Awaitable[None]]) -> None:
+    """Creates the durable consumer and hands each of its messages to `deliver`, one at a
+    time, for ever; creates it again if it is deleted."""
+    while True:
+        await create()
+        try:
+            await consume(await js.pull_subscribe_bind(durable=durable, stream=stream), batch, deliver)
+        except ConsumerGone:
+            log.warning("consumer deleted; creating it again", stream=stream, durable=durable)
+
+
 async def consume(sub: Any, batch: int, deliver: Callable[[Any], Awaitable[None]]) -> None:
-    """Hands each message of a pull subscription to `deliver`, one at a time, for ever;
-    then ends the subscription (one left open holds the connection's drain for 30 s)."""
+    """Hands each message of a pull subscription to `deliver`, one at a time, until the
+    consumer is deleted (ConsumerGone); then ends the subscription (one left open holds
+    the connection's drain for 30 s)."""
     try:
         while True:
             try:
@@ -73,6 +91,7 @@ async def consume(sub: Any, batch: int, deliver: Callable[[Any], Awaitable[None]
                 continue
             except Exception as error:  # NATS reconnecting: the durable consumer keeps our place
                 log.warning("fetch failed; fetching again", error=repr(error))
+                await _check_consumer(sub)
                 await asyncio.sleep(1)
                 continue
             for msg in messages:
@@ -83,6 +102,15 @@ async def consume(sub: Any, batch: int, deliver: Callable[[Any], Awaitable[None]
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def _check_consumer(sub: Any) -> None:
+    try:
+        await sub.consumer_info()
+    except NotFoundError:
+        raise ConsumerGone() from None
+    except Exception as error:  # NATS unreachable: fetching again will tell
+        log.debug("consumer check failed", error=repr(error))
 
 
 def backoff(attempt: int) -> float:
@@ -147,11 +175,9 @@ class InboundConsumer:
         self.pending = 0  # in the stream for this consumer, as of the last delivery
 
     async def run(self) -> None:
-        sub = await self._subscribe()
-        log.info("consuming", stream=self._stream, durable=self._durable, subjects=sorted(self._by_subject))
-        await consume(sub, self._batch, self._deliver)
+        await consume_durable(self._js, self._stream, self._durable, self._create, self._batch, self._deliver)
 
-    async def _subscribe(self) -> Any:
+    async def _create(self) -> None:
         config = ConsumerConfig(
             durable_name=self._durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
             ack_wait=self._ack_wait, max_deliver=self._max_deliver,
@@ -160,12 +186,14 @@ class InboundConsumer:
         for attempt in itertools.count():  # the peer's stream may not exist yet
             try:
                 await self._js.add_consumer(self._stream, config)
-                return await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
             except NotFoundError:
                 if attempt % 30 == 0:
                     log.info("waiting for the stream", stream=self._stream)
                 await asyncio.sleep(STREAM_WAIT_SECONDS)
-        raise AssertionError("unreachable")
+                continue
+            log.info("consuming", stream=self._stream, durable=self._durable,
+                     subjects=sorted(self._by_subject))
+            return
 
     @property
     def durable(self) -> str:

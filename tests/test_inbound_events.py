@@ -201,3 +201,20 @@ async def test_a_failing_event_is_retried_with_backoff_then_parked_while_later_o
     parked = await js.get_msg("ERP_DLQ", (await js.stream_info("ERP_DLQ")).state.last_seq)
     assert parked.headers[DLQ_SUBJECT] == "inventory.stock.updated"
     assert parked.headers[DLQ_ERROR].startswith("gave up after 3 attempts")
+
+
+async def test_a_peer_stream_recreated_by_its_owner_is_consumed_again(
+    client: httpx.AsyncClient, service: Service, js: Any
+) -> None:
+    await streams(js, "pos")
+    await js.publish("pos.order.created", event("pos.order.created", {"order_id": "POS-1",
+                                                                     "total_amount": 1}))
+    await settled(service, "erp-pos", 1)
+    await js.delete_stream("POS")  # the POS team recreates its stream: our consumer goes with it
+    await streams(js, "pos")
+    await js.publish("pos.order.created", event("pos.order.created", {"order_id": "POS-2",
+                                                                     "total_amount": 1}))
+    await settled(service, "erp-pos", 2)
+    async with await psycopg.AsyncConnection.connect(service.endpoints.database_url) as conn:
+        orders = await (await conn.execute("SELECT order_id FROM pos_orders ORDER BY 1")).fetchall()
+    assert orders == [("POS-1",), ("POS-2",)]

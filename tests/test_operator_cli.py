@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from erp.bootstrap import Service
 from erp.cli import main
-from tests.conftest import eventually
+from tests.conftest import eventually, stream_matches_event_store
 
 OPPORTUNITIES = "/api/v1/crm/opportunities"
 
@@ -117,6 +118,38 @@ async def test_replay_by_time_range_delivers_the_events_of_that_window(
 
 async def _stream_has(js: Any, position: int) -> bool:
     return bool((await js.stream_info("ERP")).state.last_seq >= position)
+
+
+async def test_a_purged_stream_is_recovered_from_the_event_store(
+    client: httpx.AsyncClient, service: Service, js: Any
+) -> None:
+    for i in range(5):
+        body = {"customer_id": "c", "title": f"t{i}", "owner": "o"}
+        last = (await client.post(OPPORTUNITIES, json=body)).json()
+    await eventually(lambda: _stream_has(js, last["log_position"]))
+    assert "is whole" in (await asyncio.to_thread(erp, service, "events", "recover-stream")).output
+    await js.purge_stream("ERP")
+
+    diagnosed = (await asyncio.to_thread(erp, service, "events", "recover-stream")).output
+    assert "holds no event of the relay" in diagnosed and "--yes" in diagnosed
+    assert (await js.stream_info("ERP")).state.messages == 0  # nothing done without --yes
+    recovered = (await asyncio.to_thread(erp, service, "events", "recover-stream", "--yes")).output
+    total = last["log_position"]
+    assert f"{total} events republished" in recovered
+    await stream_matches_event_store(js, service.endpoints.database_url, total)
+
+    # and the service carries on: its relay resumes on the new stream, its projectors follow
+    body = {"customer_id": "c", "title": "after", "owner": "o"}
+    after = (await client.post(OPPORTUNITIES, json=body)).json()
+    await eventually(lambda: _stream_has(js, after["log_position"]))
+
+    async def projected() -> bool:
+        shown = await client.get(f"{OPPORTUNITIES}/{after['id']}")
+        return shown.status_code == 200 and shown.json()["title"] == "after"
+    started = time.monotonic()
+    await eventually(projected, timeout=30)
+    print(f"projected {time.monotonic() - started:.1f} s after")
+    await stream_matches_event_store(js, service.endpoints.database_url, total + 1)
 
 
 async def test_the_subscriber_example_gets_each_won_opportunity_typed_once(
