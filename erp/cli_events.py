@@ -24,7 +24,7 @@ from erp.settings import Settings
 from streams import envelope as env
 from streams.relay import to_message
 
-_HIDDEN = frozenset({"originator_id", "originator_version", "timestamp", "metadata"})
+_HIDDEN = frozenset({"originator_id", "originator_version", "originator_topic", "timestamp", "metadata"})
 
 
 @click.group(help="The event store and the stream.")

@@ -55,7 +55,7 @@ class OutgoingMessage:
 
 
 class StreamMismatch(Exception):
-    """The stream and the event store disagree; an operator must decide (replay tooling)."""
+    """The stream and the event store disagree; an operator must decide (`erp events recover-stream`)."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ async def stream_head(js: JetStreamContext, stream: str) -> StreamHead:
     if state.last_seq > 0:
         raise StreamMismatch(
             f"stream {stream} is at sequence {state.last_seq} but holds no event of the relay "
-            "(purged or written by others): republish it with the replay tooling"
+            "(purged or written by others): recreate it with `erp events recover-stream`"
         )
     return StreamHead(position=0, last_seq=0)
 
