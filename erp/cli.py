@@ -50,7 +50,7 @@ def serve(host: str, port: int, workers_only: bool) -> None:
         app = create_app(Service(settings, endpoints), embedded=embedded)
         log.info("serving", url=f"http://{host}:{port}", openapi=f"http://{host}:{port}/openapi.json")
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                    lifespan="on", timeout_graceful_shutdown=10)
+                    lifespan="on", timeout_graceful_shutdown=10, loop="uvloop", http="httptools")
 
 
 @main.command(help="Run only the relay (event store to JetStream).")

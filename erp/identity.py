@@ -8,8 +8,10 @@ the public key are refused before any signature check.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,13 +167,37 @@ class JwksKeys:
 KeySource = StaticKey | JwksKeys
 
 
+VERIFIED_CACHE_SECONDS = 60.0  # a token whose key left the JWKS stops working within this long
+VERIFIED_CACHE_SIZE = 10_000
+
+
 class TokenVerifier:
+    """Verifies bearer tokens. A token verified once is remembered (by its SHA-256) until it
+    expires or for a minute at most: a client sends the same token with every request, and
+    checking its signature again was a tenth of a command's cost."""
+
     def __init__(self, keys: KeySource, *, issuer: str, audience: str) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
+        self._verified: OrderedDict[bytes, tuple[Principal, float, float]] = OrderedDict()
 
     async def verify(self, token: str) -> Principal:
+        digest = hashlib.sha256(token.encode()).digest()
+        hit = self._verified.get(digest)
+        if hit is not None:
+            principal, until, expires = hit
+            if time.monotonic() < until and time.time() < expires + LEEWAY_SECONDS:
+                self._verified.move_to_end(digest)
+                return principal
+            del self._verified[digest]
+        principal, expires = await self._verify(token)
+        self._verified[digest] = (principal, time.monotonic() + VERIFIED_CACHE_SECONDS, expires)
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as error:
@@ -197,8 +223,9 @@ class TokenVerifier:
         if not isinstance(roles, list) or not isinstance(scope, str):
             raise Unauthenticated("roles must be a list and scope a string")
         role_names = frozenset(str(r) for r in roles)
-        return Principal(subject=str(claims["sub"]), tenant_id=tenant_id, roles=role_names,
-                         scopes=scopes_for(role_names, scope.split()), kind="user")
+        principal = Principal(subject=str(claims["sub"]), tenant_id=tenant_id, roles=role_names,
+                              scopes=scopes_for(role_names, scope.split()), kind="user")
+        return principal, float(claims["exp"])
 
 
 # Development tokens: a key made on first use under the data folder, trusted only by a

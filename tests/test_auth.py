@@ -27,8 +27,10 @@ from erp.bootstrap import Service
 from erp.cli import main
 from erp.identity import (
     DEV_AUDIENCE,
+    LEEWAY_SECONDS,
     JwksKeys,
     KeysUnavailable,
+    StaticKey,
     TokenVerifier,
     Unauthenticated,
     dev_private_key,
@@ -441,6 +443,20 @@ async def test_without_the_auth_service_cached_keys_serve_for_a_while_then_none_
     await asyncio.sleep(3.0)  # past max_stale: no key is trusted any more
     with pytest.raises(KeysUnavailable):
         await verifier.verify(signed(key, "ec-1"))
+
+
+async def test_a_verified_token_is_remembered_but_never_past_its_expiry() -> None:
+    pem = AUTH_KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+    verifier = TokenVerifier(StaticKey(pem), issuer=ISSUER, audience=AUDIENCE)
+    nearly_expired = token(exp=int(time.time()) - LEEWAY_SECONDS + 2)  # valid for 1-2 s more
+    first = await verifier.verify(nearly_expired)
+    assert await verifier.verify(nearly_expired) is first  # remembered: not verified again
+    await asyncio.sleep(2.1)
+    with pytest.raises(Unauthenticated):
+        await verifier.verify(nearly_expired)
+    with pytest.raises(Unauthenticated):  # a remembered token does not vouch for a tampered one
+        await verifier.verify(token()[:-4] + "AAAA")
 
 
 async def test_an_unreachable_jwks_is_unavailable_not_unauthenticated() -> None:

@@ -20,7 +20,7 @@ async def open_opportunity(
             tenant_id=ctx.tenant_id, customer_id=customer_id, title=title, owner=owner,
             stage=stage, probability=probability, amount=amount, currency=currency,
             expected_close=expected_close, source_lead_id=source_lead_id,
-            stages=load.settings().stages,
+            stages=load.read_settings().stages,
         )
 
     return await runner.execute(ctx, decide)
@@ -46,7 +46,7 @@ async def change_stage(
 ) -> Saved:
     def decide(load: Loader) -> Opportunity:
         opportunity = load.target(Opportunity, opportunity_id)
-        opportunity.change_stage(stage, probability=probability, stages=load.settings().stages)
+        opportunity.change_stage(stage, probability=probability, stages=load.read_settings().stages)
         return opportunity
 
     return await runner.execute(ctx, decide)
@@ -80,7 +80,7 @@ async def reopen(
 ) -> Saved:
     def decide(load: Loader) -> Opportunity:
         opportunity = load.target(Opportunity, opportunity_id)
-        opportunity.reopen(reason, stages=load.settings().stages)
+        opportunity.reopen(reason, stages=load.read_settings().stages)
         return opportunity
 
     return await runner.execute(ctx, decide)

@@ -94,7 +94,7 @@ async def calculate_payroll(
             pay = load.get(Employee, employee_id).pay_for(run.period)
             if pay is not None:  # the read model's dates are only a first filter
                 paid.append(pay)
-        run.calculate(paid, rules_for(run.period, load.settings().statutory_overrides))
+        run.calculate(paid, rules_for(run.period, load.read_settings().statutory_overrides))
         return run
 
     return await runner.execute(ctx, decide)

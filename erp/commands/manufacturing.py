@@ -13,7 +13,7 @@ from erp.eventstore import Saved
 
 
 def _allowances(load: Loader) -> ProductionAllowances:
-    settings = load.settings()
+    settings = load.read_settings()
     return ProductionAllowances(
         over_production_percent=settings.over_production_percent,
         over_consumption_percent=settings.over_consumption_percent,

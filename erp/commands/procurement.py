@@ -93,7 +93,7 @@ async def submit(
 ) -> Saved:
     def decide(load: Loader) -> PurchaseOrder:
         order = load.target(PurchaseOrder, purchase_order_id)
-        order.submit(chain=load.settings().approval_chain, exchange_rate_to_kes=exchange_rate_to_kes)
+        order.submit(chain=load.read_settings().approval_chain, exchange_rate_to_kes=exchange_rate_to_kes)
         return order
 
     return await runner.execute(ctx, decide)
@@ -139,7 +139,7 @@ async def receive(
     def decide(load: Loader) -> PurchaseOrder:
         order = load.target(PurchaseOrder, purchase_order_id)
         order.receive(receipt, lines, received_on=on,
-                      tolerance=load.settings().over_receipt_percent)
+                      tolerance=load.read_settings().over_receipt_percent)
         return order
 
     return await runner.execute(ctx, decide)
