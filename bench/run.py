@@ -1,0 +1,346 @@
+"""The benchmark report: `python -m bench.run [--quick] [--only NAME…]`.
+
+Starts its own PostgreSQL (durable: fsync on) and nats-server on free ports, runs the
+service as a separate process (`erp serve`, authentication on) and drives it from other
+processes (wrk, or `bench/load.py`), so the load generator never shares the server's
+event loop. Every figure is measured next to a baseline in the same run, and reported as
+a ratio to it: these machines are noisy. Prints the report and writes docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from erp.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from erp.identity import mint
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ISSUER, AUDIENCE = "https://auth.bench", "erp-service"
+TENANT = "bench-tenant"
+
+
+@dataclass
+class Result:
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    baseline: str = ""
+    ratio: float | None = None
+    met: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class Report:
+    quick: bool
+    results: list[Result] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, result: Result) -> None:
+        self.results.append(result)
+        mark = {True: "met", False: "MISSED", None: ""}[result.met]
+        ratio = f" ({result.ratio:.2f}x {result.baseline})" if result.ratio is not None else ""
+        print(f"  {result.name}: {result.value:,.1f} {result.unit}{ratio} {result.target} {mark}", flush=True)
+
+    @property
+    def flags(self) -> str:
+        return " --quick" if self.quick else ""
+
+    def markdown(self) -> str:
+        cpu = _cpu_model()
+        lines = [
+            "# Benchmarks", "",
+            f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m bench.run{self.flags}` "
+            f"on {cpu}, {os.cpu_count()} cores, {_memory_gib():.0f} GiB, Python {platform.python_version()}; "
+            "PostgreSQL 18 (embedded, fsync on) and nats-server 2.15 on the same machine; the load "
+            "generators run in their own processes on the same two cores.", "",
+            "| Figure | Measured | Baseline (same run) | Ratio | Target | Met |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in self.results:
+            ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
+            met = {True: "yes", False: "**no**", None: ""}[r.met]
+            measured = f"{r.value:,.1f} {r.unit}"
+            lines.append(f"| {r.name} | {measured} | {r.baseline} | {ratio} | {r.target} | {met} |")
+        lines.append("")
+        lines.extend(self.notes)
+        return "\n".join(lines) + "\n"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float:
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        return kib / 1024 / 1024
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+@dataclass
+class Servers:
+    postgres: EmbeddedPostgres
+    nats: EmbeddedNats
+    folder: Path
+    key: ec.EllipticCurvePrivateKey
+    public_key: Path
+
+    def database(self, name: str) -> str:
+        with psycopg.connect(self.postgres.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+    def token(self, tenant: str = TENANT) -> str:
+        return mint(self.key, tenant_id=tenant, subject="bench-user", roles=("erp.superuser",),
+                    issuer=ISSUER, audience=AUDIENCE, ttl_seconds=6 * 3600)
+
+    def env(self, database_url: str, **more: str) -> dict[str, str]:
+        return {**os.environ, "ERP_DATABASE_URL": database_url, "ERP_NATS_URL": self.nats.url,
+                "ERP_LOG_LEVEL": "warning", "ERP_JWT_PUBLIC_KEY": str(self.public_key),
+                "ERP_JWT_ISSUER": ISSUER, "ERP_JWT_AUDIENCE": AUDIENCE, **more}
+
+
+@contextmanager
+def servers() -> Iterator[Servers]:
+    (ROOT / ".erp-data").mkdir(exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="bench-", dir=ROOT / ".erp-data"))
+    postgres = EmbeddedPostgres(folder / "postgres", database="postgres", durable=True)
+    nats_server = EmbeddedNats(folder / "nats")
+    key = ec.generate_private_key(ec.SECP256R1())
+    public_key = folder / "auth-key.pem"
+    public_key.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                         serialization.PublicFormat.SubjectPublicKeyInfo))
+    try:
+        postgres.start()
+        nats_server.start()
+        yield Servers(postgres, nats_server, folder, key, public_key)
+    finally:
+        nats_server.stop()
+        postgres.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class ServiceProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def peak_rss_mib(self) -> float:
+        """The process's peak resident set (VmHWM) so far."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def reset_peak_rss(self) -> None:
+        with open(f"/proc/{self.process.pid}/clear_refs", "w") as refs:
+            refs.write("5")
+
+
+@contextmanager
+def service(s: Servers, database_url: str, **env: str) -> Iterator[ServiceProcess]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "erp", "serve", "--port", str(port)],
+                               env=s.env(database_url, **env), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    running = ServiceProcess(process, port)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{running.url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the service did not start: {process.stderr.read().decode()[-2000:]}"
+                                   if process.stderr else "the service did not start")
+            time.sleep(0.2)
+        subprocess.run([sys.executable, "-m", "erp", "tenants", "register", TENANT, "--name", "Bench Ltd"],
+                       env=s.env(database_url), cwd=ROOT, check=True, capture_output=True)
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wrk(url: str, script: str, seconds: int, connections: int, **env: str) -> dict[str, Any]:
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
+                          str(HERE / script), url], env={**os.environ, **env}, capture_output=True,
+                         text=True, check=True).stdout
+    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    figures["rate"] = (figures["requests"] - figures["non2xx"]) / figures["seconds"]
+    return figures
+
+
+# -- 1. commands over HTTP ---------------------------------------------------------------
+
+
+def baseline_library_saves(database_url: str, count: int) -> float:
+    """The bare eventsourcing library saving new opportunities one at a time, in-process."""
+    from eventsourcing.application import Application
+
+    from aggregates.opportunity import Opportunity
+    from erp.eventstore import eventsourcing_env
+
+    env = eventsourcing_env(database_url, 2)
+    env.pop("APPLICATION_RECORDER_TOPIC")
+    app: Application[uuid.UUID] = Application(env=env)
+    try:
+        for _ in range(50):  # warm up
+            app.save(Opportunity.open(tenant_id=TENANT, customer_id="c", title="t", owner="o"))
+        started = time.perf_counter()
+        for _ in range(count):
+            app.save(Opportunity.open(tenant_id=TENANT, customer_id="cust-1", title="Fleet tracking",
+                                      owner="wanjiru"))
+        return count / (time.perf_counter() - started)
+    finally:
+        app.close()
+
+
+def seed_opportunities(s: Servers, url: str, count: int) -> list[str]:
+    """`count` opportunities opened through the API (so they are the service's own)."""
+    async def open_all() -> list[str]:
+        headers = {"Authorization": f"Bearer {s.token()}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+            ids: list[str] = []
+            for start in range(0, count, 64):
+                answers = await asyncio.gather(*(
+                    client.post("/api/v1/crm/opportunities",
+                                json={"customer_id": f"c{i}", "title": f"seed {i}", "owner": "o"})
+                    for i in range(start, min(start + 64, count))))
+                ids.extend(a.json()["id"] for a in answers)
+            return ids
+    return asyncio.run(open_all())
+
+
+def commands(s: Servers, report: Report, seconds: int, existing: int) -> None:
+    print("commands over HTTP", flush=True)
+    baseline = baseline_library_saves(s.database("baseline_library"), 500 if report.quick else 2000)
+    report.add(Result("eventsourcing library, one save at a time in-process (baseline)", baseline, "saves/s"))
+    database_url = s.database("bench_commands")
+    with service(s, database_url) as running:
+        ids = seed_opportunities(s, running.url, existing)
+        ids_file = s.folder / "ids.txt"
+        ids_file.write_text("\n".join(ids) + "\n")
+        running.reset_peak_rss()
+        opportunities = f"{running.url}/api/v1/crm/opportunities"
+        wrk(opportunities, "new_opportunity.lua", 3, 64, ERP_BENCH_TOKEN=s.token())  # warm up
+        new = wrk(opportunities, "new_opportunity.lua", seconds, 64, ERP_BENCH_TOKEN=s.token())
+        rate = new["rate"]
+        report.add(Result("new opportunities over HTTP, 64 connections, auth on", rate, "commands/s",
+                          target="≥ 2,500/s and ≥ 2.0x baseline", baseline="library saves",
+                          ratio=rate / baseline, met=rate >= 2500 and rate >= 2 * baseline))
+        report.notes.append(_wrk_note("New opportunities", new))
+        upd = wrk(opportunities, "existing_opportunity.lua", seconds, 64, ERP_BENCH_TOKEN=s.token(),
+                  ERP_BENCH_IDS=str(ids_file))
+        report.add(Result(f"updates of existing opportunities (spread over {existing:,}), 64 connections",
+                          upd["rate"], "commands/s", target="≥ 1,500/s", baseline="library saves",
+                          ratio=upd["rate"] / baseline, met=upd["rate"] >= 1500))
+        report.notes.append(_wrk_note("Updates of existing opportunities", upd))
+        fixed = fixed_rate(s, running, database_url, rate=200, seconds=seconds * 2)
+        report.add(Result("p99 latency at a fixed 200 commands/s", fixed["p99_ms"], "ms", target="≤ 20 ms",
+                          met=fixed["p99_ms"] <= 20))
+        report.add(Result("freshness p99 (2xx → read-model row visible) at 200/s", fixed["fresh_p99_ms"],
+                          "ms", target="≤ 25 ms", met=fixed["fresh_p99_ms"] <= 25))
+        report.notes.append(
+            f"- Fixed rate: {fixed['sent']:,} commands at 200/s (bench/load.py, latency from each command's "
+            f"scheduled start): p50 {fixed['p50_ms']:.1f} ms, p99 {fixed['p99_ms']:.1f} ms; freshness p50 "
+            f"{fixed['fresh_p50_ms']:.1f} ms, p99 {fixed['fresh_p99_ms']:.1f} ms; non-2xx {fixed['failed']}, "
+            f"never visible {fixed['never_visible']}.")
+        rss = running.peak_rss_mib()
+        report.add(Result("peak RSS of the service during the command runs", rss, "MiB", target="≤ 200 MiB",
+                          met=rss <= 200))
+
+
+def _wrk_note(what: str, figures: dict[str, Any]) -> str:
+    return (f"- {what}: {figures['requests']:,} requests in {figures['seconds']:.1f} s (wrk, 2 threads, "
+            f"64 connections), non-2xx {figures['non2xx']}, socket errors {figures['socket_errors']}, "
+            f"latency p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms.")
+
+
+def fixed_rate(s: Servers, running: ServiceProcess, database_url: str, *, rate: int,
+               seconds: int) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "bench.load", "--url", running.url, "--token", s.token(),
+                          "--database-url", database_url, "--rate", str(rate), "--seconds", str(seconds)],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return figures
+
+
+# -- main ----------------------------------------------------------------------------------
+
+SECTIONS: dict[str, Callable[[Servers, Report], None]] = {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="Smaller sizes: a smoke run, not the report.")
+    parser.add_argument("--only", nargs="*", help="Only these sections: " + ", ".join(SECTIONS))
+    parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed (apt-get install wrk)")
+    report = Report(quick=args.quick)
+    started = time.monotonic()
+    with servers() as s:
+        for name, section in SECTIONS.items():
+            if not args.only or name in args.only:
+                section(s, report)
+    report.notes.append(f"\nThe whole run took {time.monotonic() - started:.0f} s.")
+    text = report.markdown()
+    print(text)
+    if not args.only:
+        Path(args.output).write_text(text)
+        print(f"written to {args.output}")
+
+
+SECTIONS["commands"] = lambda s, r: commands(s, r, seconds=5 if r.quick else 15,
+                                             existing=1000 if r.quick else 10_000)
+
+if __name__ == "__main__":
+    main()
