@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+_decode_reply = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class PublishRefused(Exception):
@@ -55,12 +58,15 @@ class PipelinedPublisher:
         """Sends one message; the future holds its acknowledgement. Waits while
         `max_pending` publishes are unanswered, and refuses after `room_timeout`: replies
         lost in a disconnect never come, and waiting for them for ever would stall."""
-        try:
-            async with asyncio.timeout(self._room_timeout):
-                await self._room.acquire()
-        except TimeoutError:
-            raise PublishRefused(0, f"{len(self._pending)} publishes unanswered for "
-                                    f"{self._room_timeout:g} s") from None
+        if self._room.locked():
+            try:
+                async with asyncio.timeout(self._room_timeout):
+                    await self._room.acquire()
+            except TimeoutError:
+                raise PublishRefused(0, f"{len(self._pending)} publishes unanswered for "
+                                        f"{self._room_timeout:g} s") from None
+        else:
+            await self._room.acquire()  # free room: returns at once
         token = str(next(self._tokens))
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
 
@@ -86,8 +92,8 @@ class PipelinedPublisher:
             future.set_exception(PublishRefused(503, "no stream answered"))
             return
         try:
-            reply = json.loads(msg.data)
-        except ValueError:
+            reply = _decode_reply(msg.data)
+        except msgspec.DecodeError:
             future.set_exception(PublishRefused(0, f"unreadable reply {msg.data[:80]!r}"))
             return
         error = reply.get("error")

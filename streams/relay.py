@@ -78,10 +78,11 @@ def to_message(store: ErpEventStore, row: dict[str, Any]) -> OutgoingMessage:
     publication = PUBLICATIONS[type(domain_event)]
     metadata = event_metadata(domain_event)
     aggregate_id = stored.originator_id
-    event_id = str(env.event_id(aggregate_id, stored.originator_version))  # type: ignore[arg-type]
+    uuid = env.event_id(aggregate_id, stored.originator_version)  # type: ignore[arg-type]
+    event_id = str(uuid)
     payload = env.encode(
         env.Envelope(
-            event_id=env.event_id(aggregate_id, stored.originator_version),  # type: ignore[arg-type]
+            event_id=uuid,
             event_type=publication.subject,
             tenant_id=metadata.get("tenant_id", ""),
             timestamp=domain_event.timestamp,
