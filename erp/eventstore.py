@@ -18,11 +18,13 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
-from eventsourcing.application import Application
+from eventsourcing.application import Application, project_aggregate
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.postgres import PostgresAggregateRecorder, PostgresFactory
 
-from erp.idempotency import IdempotencyRecord
+from erp.idempotency import IdempotencyRecord, retried_unless_unreachable
+from erp.snapshots import TypedSnapshot
 
 EVENTS_TABLE = "erp_events"  # the application name "ERP" gives this table and NOTIFY channel
 
@@ -75,7 +77,7 @@ def event_metadata(domain_event: object) -> dict[str, str]:
 def eventsourcing_env(database_url: str, pool_size: int) -> dict[str, str]:
     url = urlsplit(database_url)
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "PERSISTENCE_MODULE": "erp.eventstore:ErpPostgresFactory",
         "POSTGRES_DBNAME": unquote(url.path.lstrip("/")) or "postgres",
         "POSTGRES_HOST": url.hostname or "127.0.0.1",
         "POSTGRES_PORT": str(url.port or 5432),
@@ -83,14 +85,56 @@ def eventsourcing_env(database_url: str, pool_size: int) -> dict[str, str]:
         "POSTGRES_PASSWORD": unquote(url.password or ""),
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_MAX_OVERFLOW": str(pool_size),
-        "POSTGRES_CONNECT_TIMEOUT": "5",
+        # How long a call waits for a pooled connection: with the database down, a request
+        # is answered 503 after this long (seconds), not held.
+        "POSTGRES_CONNECT_TIMEOUT": "2",
         "CREATE_TABLE": "y",
         "APPLICATION_RECORDER_TOPIC": "erp.idempotency:ErpRecorder",
     }
 
 
+class AggregateRecorder(PostgresAggregateRecorder):
+    """The library's recorder of aggregate events (snapshots), answering at once when the
+    database is unreachable, as the event store's own recorder does (erp/idempotency.py)."""
+
+    insert_events = retried_unless_unreachable(PostgresAggregateRecorder.insert_events)
+    select_events = retried_unless_unreachable(PostgresAggregateRecorder.select_events)
+
+
+class ErpPostgresFactory(PostgresFactory):
+    aggregate_recorder_class = AggregateRecorder
+
+
 class ErpEventStore(Application[UUID]):
     name = "ERP"
+
+    def take_snapshot(self, aggregate_id: UUID, version: int | None = None,
+                      projector_func: Any = project_aggregate) -> None:
+        """As the library does, with a snapshot that keeps the state's types."""
+        assert self.snapshots is not None
+        aggregate = self.repository.get(aggregate_id, version=version, projector_func=projector_func)
+        self.snapshots.put([TypedSnapshot.take(aggregate)])
+
+
+SNAPSHOT_INTERVAL = 100  # events between snapshots: an aggregate loads from its latest one
+
+
+def aggregate_classes() -> list[type[Aggregate]]:
+    from aggregates import (
+        bom,
+        employee,
+        numbering,
+        opportunity,
+        payroll_run,
+        purchase_order,
+        tenant_settings,
+        user_reference,
+        work_order,
+    )
+
+    return [bom.BillOfMaterials, employee.Employee, numbering.DocumentSeries, opportunity.Opportunity,
+            payroll_run.PayrollRun, payroll_run.PayrollPeriod, purchase_order.PurchaseOrder,
+            tenant_settings.TenantSettings, user_reference.UserReference, work_order.WorkOrder]
 
 
 class CommitterStopped(Exception):
@@ -273,6 +317,10 @@ def close_store(store: ErpEventStore) -> None:
         store.close()
 
 
-def store_for(database_url: str, pool_size: int) -> ErpEventStore:
-    env: dict[str, Any] = eventsourcing_env(database_url, pool_size)
-    return ErpEventStore(env=env)
+def store_for(database_url: str, pool_size: int, snapshot_interval: int = SNAPSHOT_INTERVAL) -> ErpEventStore:
+    """The event store; every aggregate gets a snapshot each `snapshot_interval` events
+    (taken in the saving transaction's wake, by the process that saved)."""
+    env: dict[str, Any] = eventsourcing_env(database_url, pool_size) | {"IS_SNAPSHOTTING_ENABLED": "y"}
+    store = ErpEventStore(env=env)
+    store.snapshotting_intervals = {cls: snapshot_interval for cls in aggregate_classes()}  # type: ignore[misc]
+    return store

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
         "(backoff 1 s doubling to 30 s: 20 attempts span about 8 minutes)."
     )
 
+    snapshot_interval: int = Field(default=100, ge=1, description="Events between an aggregate's snapshots.")
     relay_batch_size: int = Field(default=2000, ge=1, le=4000)
     relay_idle_catch_up_seconds: float = Field(
         default=5.0, gt=0, description="Catch-up read after this long without a NOTIFY."

@@ -17,22 +17,25 @@ which is what the checkpoint relies on when a rebuild from the event store sets 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import psycopg
+from eventsourcing.utils import get_topic
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from erp.eventstore import ErpEventStore
 from projections.base import POSITIONS_CHANNEL, Delivered, Projection
-from projections.runner import to_delivered
 from projections.tenancy import isolate_tenants
 from streams import envelope as env
-from streams.jetstream import SUBJECTS
+from streams.catalogue import PUBLICATIONS
+from streams.jetstream import SUBJECTS, header
 from streams.relay import to_message
 
 Progress = Callable[[int, int], None]  # (position reached, position to reach)
@@ -49,7 +52,7 @@ class InterruptedRebuild(Exception):
 @dataclass(frozen=True)
 class Rebuilt:
     projection: str
-    events: int  # events read by this run
+    events: int  # events read for it by this run
     position: int  # the log position live processing resumes after
     seconds: float
 
@@ -58,15 +61,30 @@ class Rebuilt:
         return self.events / self.seconds if self.seconds else float("inf")
 
 
+@dataclass(frozen=True)
+class Read:
+    """One event as a source read it: its payload is only encoded for a projection that reads it."""
+
+    stream_seq: int
+    log_position: int
+    subject: str
+    aggregate_version: int
+    payload: Callable[[], bytes]
+
+
 class Source(Protocol):
     name: str  # "event store" or "stream"
 
     async def end(self) -> int:
         """The position (log position or stream sequence) the rebuild reads up to."""
 
-    def batches(self, projection: Projection, after: int, end: int,
-                size: int) -> AsyncIterator[list[Delivered]]:
+    def batches(self, after: int, end: int, size: int) -> AsyncIterator[list[Read]]:
         """Every event after `after` up to `end`, in order, in batches."""
+
+
+# The subject of a stored event, from its topic alone: most events are not for a given read
+# model, and deciding that must not cost decoding them.
+_SUBJECTS = {get_topic(cls): publication.subject for cls, publication in PUBLICATIONS.items()}
 
 
 class EventStoreSource:
@@ -79,23 +97,26 @@ class EventStoreSource:
         head = await asyncio.to_thread(self._store.recorder.max_notification_id)
         return int(head or 0)
 
-    async def batches(self, projection: Projection, after: int, end: int,
-                      size: int) -> AsyncIterator[list[Delivered]]:
+    async def batches(self, after: int, end: int, size: int) -> AsyncIterator[list[Read]]:
         while after < end:
             select = self._store.recorder.select_notifications
             notifications = await asyncio.to_thread(select, after + 1, size, stop=end)
             if not notifications:
                 return
-            batch = []
-            for notification in notifications:
-                message = to_message(self._store, vars(notification) | {"notification_id": notification.id})
-                payload_type = projection.reads(message.subject)
-                batch.append(Delivered(
-                    subject=message.subject, stream_seq=message.position, log_position=message.position,
-                    aggregate_version=notification.originator_version,
-                    envelope=None if payload_type is None else env.decode(message.payload, payload_type)))
-            yield batch
+            yield [Read(n.id, n.id, _SUBJECTS.get(n.topic) or self._subject(n), n.originator_version,
+                        functools.partial(self._payload, n)) for n in notifications]
             after = notifications[-1].id
+
+    def _subject(self, notification: Any) -> str:
+        return to_message(self._store, self._row(notification)).subject
+
+    def _payload(self, notification: Any) -> bytes:
+        return to_message(self._store, self._row(notification)).payload
+
+    @staticmethod
+    def _row(notification: Any) -> dict[str, Any]:
+        row: dict[str, Any] = vars(notification) | {"notification_id": notification.id}
+        return row
 
 
 class StreamSource:
@@ -110,8 +131,7 @@ class StreamSource:
     async def end(self) -> int:
         return int((await self._js.stream_info(self._stream)).state.last_seq)
 
-    async def batches(self, projection: Projection, after: int, end: int,
-                      size: int) -> AsyncIterator[list[Delivered]]:
+    async def batches(self, after: int, end: int, size: int) -> AsyncIterator[list[Read]]:
         if after >= end:
             return
         first = (await self._js.stream_info(self._stream)).state.first_seq
@@ -128,45 +148,95 @@ class StreamSource:
                                                              opt_start_seq=after + 1))
         try:
             while after < end:
-                batch: list[Delivered] = []
+                batch: list[Read] = []
                 while len(batch) < size and after < end:
                     async with asyncio.timeout(30):
                         msg = await arrived.get()
                     seq = msg.metadata.sequence.stream
                     if seq <= after:
                         continue  # the ordered consumer restarted and delivered it again
-                    batch.append(to_delivered(projection, msg))
+                    batch.append(Read(seq, int(header(msg, env.LOG_POSITION) or 0), msg.subject,
+                                      int(header(msg, env.AGGREGATE_VERSION) or 0),
+                                      functools.partial(bytes, msg.data)))
                     after = seq
                 yield batch
         finally:
             await sub.unsubscribe()
 
 
+@dataclass
+class _Target:
+    """One projection being rebuilt: its own connection (search path on its schema)."""
+
+    projection: Projection
+    conn: psycopg.AsyncConnection[Any]
+    seq: int
+    position: int
+    read: int = 0  # events read for it (after where it resumed)
+
+    @property
+    def schema(self) -> str:
+        return f"rebuild_{self.projection.name}"
+
+    def delivered(self, events: list[Read]) -> list[Delivered]:
+        """The events this projection reads, and the batch's last one (for the checkpoint)."""
+        mine = []
+        for event in events:
+            if event.stream_seq <= self.seq:
+                continue  # resumed: applied before the interruption
+            self.read += 1
+            payload_type = self.projection.reads(event.subject)
+            if payload_type is not None or event is events[-1]:
+                mine.append(Delivered(
+                    subject=event.subject, stream_seq=event.stream_seq, log_position=event.log_position,
+                    aggregate_version=event.aggregate_version,
+                    envelope=None if payload_type is None else env.decode(event.payload(), payload_type)))
+        return mine
+
+    async def apply(self, events: list[Delivered]) -> None:
+        async with self.conn.transaction(), self.conn.cursor() as cur, self.conn.pipeline():
+            for event in events:
+                if event.envelope is not None:
+                    await self.projection.apply(cur, event)
+            self.seq = events[-1].stream_seq
+            self.position = max(self.position, events[-1].log_position)
+            await cur.execute(f"UPDATE {PROGRESS_TABLE} SET stream_seq = %s, log_position = %s",
+                              (self.seq, self.position))
+
+
 async def rebuild(database_url: str, source: Source, projection: Projection, *, batch: int = 5000,
                   progress: Progress | None = None, interrupted: Interrupted = "refuse") -> Rebuilt:
+    return (await rebuild_many(database_url, source, [projection], batch=batch, progress=progress,
+                               interrupted=interrupted))[0]
+
+
+async def rebuild_many(database_url: str, source: Source, projections: Sequence[Projection], *,
+                       batch: int = 5000, progress: Progress | None = None,
+                       interrupted: Interrupted = "refuse") -> list[Rebuilt]:
+    """Rebuilds the projections in one pass over the source: each event is read once and
+    decoded only for a projection that reads it; each projection applies its batches on
+    its own connection, at the same time as the others."""
     started = time.perf_counter()
-    schema = f"rebuild_{projection.name}"
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        resumed = await _prepare(conn, schema, projection, source, interrupted)
-        seq, position = resumed
+    async with contextlib.AsyncExitStack() as stack:
+        targets = []
+        for projection in projections:
+            conn = await stack.enter_async_context(
+                await psycopg.AsyncConnection.connect(database_url, autocommit=True))
+            schema = f"rebuild_{projection.name}"
+            seq, position = await _prepare(conn, schema, projection, source, interrupted)
+            await conn.execute(f"SET search_path TO {schema}, public")  # other tables read as live
+            targets.append(_Target(projection, conn, seq, position))
         end = await source.end()
-        read = 0
-        await conn.execute(f"SET search_path TO {schema}, public")  # new tables here; others read as live
-        async for events in source.batches(projection, seq, end, batch):
-            async with conn.transaction(), conn.cursor() as cur, conn.pipeline():
-                for event in events:
-                    if event.envelope is not None:
-                        await projection.apply(cur, event)
-                seq, position = events[-1].stream_seq, max(position, events[-1].log_position)
-                await cur.execute(f"UPDATE {PROGRESS_TABLE} SET stream_seq = %s, log_position = %s",
-                                  (seq, position))
-            read += len(events)
+        async for events in source.batches(min(t.seq for t in targets), end, batch):
+            await asyncio.gather(*(t.apply(mine) for t in targets if (mine := t.delivered(events))))
             if progress is not None:
-                progress(seq, max(end, seq))
-        await conn.execute("SET search_path TO DEFAULT")
-        await _swap(conn, schema, projection.name, seq, position)
-        await isolate_tenants(conn)
-    return Rebuilt(projection.name, read, position, time.perf_counter() - started)
+                progress(events[-1].stream_seq, max(end, events[-1].stream_seq))
+        seconds = time.perf_counter() - started
+        for target in targets:
+            await target.conn.execute("SET search_path TO DEFAULT")
+            await _swap(target.conn, target.schema, target.projection.name, target.seq, target.position)
+        await isolate_tenants(targets[0].conn)
+    return [Rebuilt(t.projection.name, t.read, t.position, seconds) for t in targets]
 
 
 async def in_progress(conn: psycopg.AsyncConnection[Any], name: str) -> tuple[str, int] | None:
