@@ -456,7 +456,7 @@ def record_mixed_history(database_url: str, events: int) -> tuple[int, int]:
     try:
         i = 0
         while stored < orders:
-            batch = []
+            batch: list[PurchaseOrder] = []
             while stored < orders and len(batch) < 300:
                 order = PurchaseOrder.create(
                     tenant_id=TENANT, number=f"PO-2026-{i:06d}", vendor_id=f"v{i % 50}", requested_by="buyer",
