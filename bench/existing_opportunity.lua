@@ -3,15 +3,17 @@ local ids = {}
 for line in io.lines(os.getenv("ERP_BENCH_IDS")) do ids[#ids + 1] = line end
 local token = "Bearer " .. os.getenv("ERP_BENCH_TOKEN")
 local counter = 0
-local thread_id = 0
+local threads = 0
 
+-- Each thread its own random sequence: with one seed, both would send the same ids at the
+-- same moment and measure nothing but version conflicts.
 setup = function(thread)
-  thread_id = thread_id + 1
-  thread:set("thread_id", thread_id)
+  threads = threads + 1
+  thread:set("seed", threads * 7919)
 end
 
 init = function(args)
-  math.randomseed(os.time() * 1000 + (thread_id or 0))
+  math.randomseed(os.time() + seed)  -- `seed` is the global that setup gave this thread
 end
 
 request = function()
