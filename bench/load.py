@@ -51,13 +51,19 @@ async def run(url: str, token: str, database_url: str, rate: int, seconds: int) 
     failed = 0
     sending_done = False
     headers = {"Authorization": f"Bearer {token}"}
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive ends: reusing one it is
+    # closing at that moment fails the request.
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30) as client:
 
         async def send(i: int, scheduled: float) -> None:
             nonlocal failed
-            answer = await client.post("/api/v1/crm/opportunities",
-                                       json={"customer_id": f"c{i}", "title": f"fixed {i}", "owner": "o"})
+            try:
+                answer = await client.post("/api/v1/crm/opportunities",
+                                           json={"customer_id": f"c{i}", "title": f"fixed {i}", "owner": "o"})
+            except httpx.HTTPError:
+                failed += 1
+                return
             done = time.perf_counter()
             latencies.append(done - scheduled)
             if answer.status_code != 201:
