@@ -178,11 +178,18 @@ class ServiceProcess:
 
 
 @contextmanager
-def service(s: Servers, database_url: str, **env: str) -> Iterator[ServiceProcess]:
+def service(s: Servers, database_url: str, *, split: bool = False) -> Iterator[ServiceProcess]:
+    """`erp serve` (API, relay, projectors and consumers in one process), or with `split` the
+    API alone and `erp serve --workers-only` beside it."""
     port = free_port()
+    log = (s.folder / f"service-{port}.log").open("wb")
+    api_only = {f"ERP_RUN_{role}": "false" for role in ("RELAY", "PROJECTORS", "INBOUND", "REACTIONS")}
     process = subprocess.Popen([sys.executable, "-m", "erp", "serve", "--port", str(port)],
-                               env=s.env(database_url, **env), cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+                               env=s.env(database_url, **(api_only if split else {})), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=log)
+    workers = subprocess.Popen([sys.executable, "-m", "erp", "serve", "--workers-only"],
+                               env=s.env(database_url), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=log) if split else None
     running = ServiceProcess(process, port)
     try:
         deadline = time.monotonic() + 60
@@ -193,19 +200,22 @@ def service(s: Servers, database_url: str, **env: str) -> Iterator[ServiceProces
             except httpx.HTTPError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the service did not start: {process.stderr.read().decode()[-2000:]}"
-                                   if process.stderr else "the service did not start")
+                raise RuntimeError(f"the service did not start: see {log.name}")
             time.sleep(0.2)
         subprocess.run([sys.executable, "-m", "erp", "tenants", "register", TENANT, "--name", "Bench Ltd"],
                        env=s.env(database_url), cwd=ROOT, check=True, capture_output=True)
         yield running
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        for started in (process, workers):
+            if started is None:
+                continue
+            started.send_signal(signal.SIGTERM)
+            try:
+                started.wait(30)
+            except subprocess.TimeoutExpired:
+                started.kill()
+                started.wait()
+        log.close()
 
 
 def wrk(url: str, script: str, seconds: int, connections: int, **env: str) -> dict[str, Any]:
@@ -295,6 +305,15 @@ def commands(s: Servers, report: Report, seconds: int, existing: int) -> None:
         rss = running.peak_rss_mib()
         report.add(Result("peak RSS of the service during the command runs", rss, "MiB", target="≤ 200 MiB",
                           met=rss <= 200))
+    with service(s, s.database("bench_split"), split=True) as running:
+        opportunities = f"{running.url}/api/v1/crm/opportunities"
+        wrk(opportunities, "new_opportunity.lua", 3, 64, ERP_BENCH_TOKEN=s.token())  # warm up
+        split = wrk(opportunities, "new_opportunity.lua", seconds, 64, ERP_BENCH_TOKEN=s.token())
+        report.add(Result("new opportunities, API and workers (relay, projectors) in two processes",
+                          split["rate"], "commands/s", target="≥ 2,500/s", baseline="library saves",
+                          ratio=split["rate"] / baseline, met=split["rate"] >= 2500))
+        report.notes.append(_wrk_note("New opportunities, `erp serve` with ERP_RUN_RELAY/PROJECTORS/INBOUND/"
+                                      "REACTIONS=false beside `erp serve --workers-only`", split))
 
 
 def _wrk_note(what: str, figures: dict[str, Any]) -> str:
