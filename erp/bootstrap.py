@@ -18,7 +18,14 @@ from psycopg_pool import AsyncConnectionPool
 from erp import api_keys, credentials, inbound
 from erp.commands import CommandRunner
 from erp.embedded import EmbeddedNats, EmbeddedPostgres
-from erp.eventstore import ErpEventStore, GroupCommitter, close_store, store_for
+from erp.eventstore import (
+    POOL_RECONNECT_SECONDS,
+    POOL_WAIT_SECONDS,
+    ErpEventStore,
+    GroupCommitter,
+    close_store,
+    store_for,
+)
 from erp.settings import Settings
 from integrations import webhooks
 from integrations.policy import Policy
@@ -104,7 +111,7 @@ class Service:
         s, url = self.settings, self.endpoints.database_url
         if s.secret_keys is not None or s.secret_keys_file is not None:
             self.keyring = credentials.Keyring.from_settings(s)  # a bad keyring stops the start
-        self.store = await asyncio.to_thread(store_for, url, s.db_pool_size)
+        self.store = await asyncio.to_thread(store_for, url, s.db_pool_size, s.snapshot_interval)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             for projection in all_projections():
                 await ensure_schema(conn, projection)
@@ -122,13 +129,17 @@ class Service:
             s.api_database_url or url, min_size=1, max_size=s.db_pool_size, open=False,
             configure=None if s.api_database_url else as_api_role,
             kwargs={"autocommit": True, "application_name": "erp-api"},
+            timeout=POOL_WAIT_SECONDS, reconnect_timeout=POOL_RECONNECT_SECONDS,
         )
         await self.read_pool.open()
         self.positions = ReadModelPositions(url)
         self._spawn("group-commit", self.committer.run())
         self._spawn("positions", self.positions.run())
-        self.owner_pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False,
-                                              kwargs={"autocommit": True, "application_name": "erp-owner"})
+        self.owner_pool = AsyncConnectionPool(
+            url, min_size=1, max_size=4, open=False,
+            kwargs={"autocommit": True, "application_name": "erp-owner"},
+            timeout=POOL_WAIT_SECONDS, reconnect_timeout=POOL_RECONNECT_SECONDS,
+        )
         await self.owner_pool.open()
         # what each consumed event does, from the stream or a webhook
         self.inbound_subscriptions = inbound.subscriptions(self.runner, self.owner_pool)

@@ -74,6 +74,15 @@ def event_metadata(domain_event: object) -> dict[str, str]:
     return found if isinstance(found, dict) else {}
 
 
+# With the database down, a request waiting this long for a pooled connection is answered
+# 503 (every pool of the service; the pools' default is 30 s).
+POOL_WAIT_SECONDS = 2
+# A pool that cannot reconnect gives up after this long (its attempts back off from 1 s,
+# doubling) and tries again at the next request: the default, 5 minutes of backoff, can
+# keep the service down for about as long as the outage lasted once the database is back.
+POOL_RECONNECT_SECONDS = 3.0
+
+
 def eventsourcing_env(database_url: str, pool_size: int) -> dict[str, str]:
     url = urlsplit(database_url)
     return {
@@ -85,9 +94,7 @@ def eventsourcing_env(database_url: str, pool_size: int) -> dict[str, str]:
         "POSTGRES_PASSWORD": unquote(url.password or ""),
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_MAX_OVERFLOW": str(pool_size),
-        # How long a call waits for a pooled connection: with the database down, a request
-        # is answered 503 after this long (seconds), not held.
-        "POSTGRES_CONNECT_TIMEOUT": "2",
+        "POSTGRES_CONNECT_TIMEOUT": str(POOL_WAIT_SECONDS),  # the wait for a pooled connection
         "CREATE_TABLE": "y",
         "APPLICATION_RECORDER_TOPIC": "erp.idempotency:ErpRecorder",
     }
@@ -103,6 +110,10 @@ class AggregateRecorder(PostgresAggregateRecorder):
 
 class ErpPostgresFactory(PostgresFactory):
     aggregate_recorder_class = AggregateRecorder
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        self.datastore.pool.reconnect_timeout = POOL_RECONNECT_SECONDS
 
 
 class ErpEventStore(Application[UUID]):

@@ -6,15 +6,20 @@ first result and stores nothing; the same key with another request is refused.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
+import time
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed
+from psycopg_pool import PoolTimeout
 
 DDL = """
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -59,8 +64,35 @@ class IdempotencyRecord:
     version: int
 
 
+def retried_unless_unreachable(method: Any) -> Any:
+    """`method` of the library without its retry (10 tries, 0.2 s apart), retried the same way
+    except when the database is unreachable: each try would first wait out the pool's
+    timeout for a connection, and a request learn only after ten of them that it failed."""
+    unretried = method.__wrapped__
+
+    @functools.wraps(unretried)
+    def retried(*args: Any, **kwargs: Any) -> Any:
+        for attempt in itertools.count(1):
+            try:
+                return unretried(*args, **kwargs)
+            except (InterfaceError, OperationalError) as error:  # a broken connection, say
+                if isinstance(error.__cause__, PoolTimeout) or attempt == _TRIES:
+                    raise
+                time.sleep(_RETRY_WAIT_SECONDS)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return retried
+
+
+_TRIES = 10
+_RETRY_WAIT_SECONDS = 0.2
+
+
 class ErpRecorder(PostgresApplicationRecorder):
     """The library's recorder, also writing idempotency keys in the events' transaction."""
+
+    insert_events = retried_unless_unreachable(PostgresApplicationRecorder.insert_events)
+    select_events = retried_unless_unreachable(PostgresApplicationRecorder.select_events)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

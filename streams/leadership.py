@@ -19,7 +19,8 @@ log = structlog.get_logger("erp.leadership")
 
 PING_SECONDS = 1.0
 RETRY_SECONDS = 1.0
-MAX_RETRY_SECONDS = 30.0
+# Short: a role stopped by a database outage resumes this long after the database is back at most.
+MAX_RETRY_SECONDS = 5.0
 # A silent network partition must end the session (and so the lock) within seconds.
 KEEPALIVE = ("keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3 "
              "tcp_user_timeout=10000")
