@@ -20,6 +20,7 @@ import nats
 from erp.embedded import EmbeddedNats
 from erp.settings import Settings
 from streams.inbound import DLQ_ATTEMPTS, DLQ_CONSUMER, DLQ_ERROR, DLQ_STREAM_SEQ, DLQ_SUBJECT
+from streams.jetstream import server_urls
 
 T = TypeVar("T")
 
@@ -131,7 +132,7 @@ def _run(work: Callable[[JetStreamContext, str], Awaitable[T]]) -> T:
     url = nats_url(settings)
 
     async def run() -> T:
-        nc = await nats.connect(url)
+        nc = await nats.connect(server_urls(url))
         try:
             return await work(nc.jetstream(), settings.dead_letter_stream)
         finally:

@@ -72,9 +72,16 @@ async def consume_durable(js: JetStreamContext, stream: str, durable: str,
     """Creates the durable consumer and hands each of its messages to `deliver`, one at a
     time, for ever; creates it again if it is deleted."""
     while True:
-        await create()
         try:
-            await consume(await js.pull_subscribe_bind(durable=durable, stream=stream), batch, deliver)
+            await create()
+            sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+        except Exception as error:  # NATS unreachable or electing a leader: our place is kept
+            log.warning("consumer not reachable; trying again", stream=stream, durable=durable,
+                        error=repr(error))
+            await asyncio.sleep(1)
+            continue
+        try:
+            await consume(sub, batch, deliver)
         except ConsumerGone:
             log.warning("consumer deleted; creating it again", stream=stream, durable=durable)
 

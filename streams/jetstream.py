@@ -31,6 +31,11 @@ def stream_config(name: str, replicas: int) -> StreamConfig:
     )
 
 
+def server_urls(url: str) -> list[str]:
+    """`url` names one server or, comma-separated, several servers of a cluster."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect(url: str, name: str) -> NATS:
     async def on_error(error: Exception) -> None:
         log.warning("nats error", error=str(error))
@@ -42,7 +47,7 @@ async def connect(url: str, name: str) -> NATS:
         log.info("nats reconnected")
 
     client: NATS = await nats.connect(
-        url,
+        server_urls(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
