@@ -61,7 +61,10 @@ class RequestContext:
             await send(message)
 
         try:
-            if not _TOKEN.match(correlation_id):
+            if "\x00" in path:  # no resource is named so, and PostgreSQL cannot compare such text
+                await problem(404, "Not found", "no resource has a NUL character in its path")(
+                    scope, receive, send_with_ids)
+            elif not _TOKEN.match(correlation_id):
                 response = problem(400, "Bad request", "X-Correlation-ID must be 1-128 of "
                                    "letters, digits and . _ : -",
                                    errors=[{"field": "header.X-Correlation-ID",

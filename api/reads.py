@@ -64,7 +64,7 @@ async def page(
     """A page of rows, newest first by the log position (`order_by`) of the event that
     created each row, and the cursor of the next page."""
     if params.cursor is not None:
-        if not params.cursor.isdigit():
+        if not (params.cursor.isascii() and params.cursor.isdigit()):  # "²".isdigit(), yet no int
             raise BadRequest("cursor must be a next_cursor from a previous page", field="query.cursor")
         where = [*where, f"{order_by} < %s"]
         args = [*args, int(params.cursor)]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, Field, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -23,17 +25,45 @@ _IF_MATCH = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
 
 
 async def body(request: Request, model: type[M]) -> M:
+    raw = await request.body()
     try:
-        return model.model_validate_json(await request.body())
+        found = model.model_validate_json(raw)
     except ValidationError as error:
         raise InvalidRequest(error, "body") from None
+    if b"\\u0000" in raw:  # JSON carries a NUL character only escaped
+        _refuse_nul(found.model_dump(), "body", model.__name__)
+    return found
 
 
 def query(request: Request, model: type[M]) -> M:
+    params = dict(request.query_params)
+    _refuse_nul(params, "query", model.__name__)
     try:
-        return model.model_validate(dict(request.query_params))
+        return model.model_validate(params)
     except ValidationError as error:
         raise InvalidRequest(error, "query") from None
+
+
+def _refuse_nul(value: object, where: str, title: str) -> None:
+    """Text with a NUL character is refused like any invalid value: PostgreSQL cannot store
+    it, so an event holding it would stop every read model that keeps the text."""
+    found = list(_nul_locations(value, ()))
+    if found:
+        error = PydanticCustomError("nul_character", "must not contain a NUL character")
+        raise InvalidRequest(ValidationError.from_exception_data(title, [
+            InitErrorDetails(type=error, loc=loc, input="\x00") for loc in found]), where)
+
+
+def _nul_locations(value: object, loc: tuple[int | str, ...]) -> Iterator[tuple[int | str, ...]]:
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield loc
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nul_locations(item, (*loc, key))
+    elif isinstance(value, list | tuple | set):
+        for i, item in enumerate(value):
+            yield from _nul_locations(item, (*loc, i))
 
 
 class CommandAccepted(BaseModel):

@@ -50,7 +50,8 @@ async def receive(request: Request) -> Response:
     source: str = request.path_params["source"]
     delivery, stamp = request.headers.get("webhook-id"), request.headers.get("webhook-timestamp", "")
     given = request.headers.get("webhook-signature", "")
-    if not delivery or not stamp.isdigit() or abs(time.time() - int(stamp)) > TOLERANCE_SECONDS:
+    in_time = stamp.isascii() and stamp.isdigit() and abs(time.time() - int(stamp)) <= TOLERANCE_SECONDS
+    if not delivery or not in_time:
         return _refused()
     if service.keyring is None:
         return problem(503, "Service unavailable", "webhooks need the tier-1 master keys")
@@ -76,7 +77,7 @@ async def receive(request: Request) -> Response:
 async def _handle(service: Any, body: bytes) -> env.Envelope[Any]:
     try:
         event_type = msgspec.json.decode(body, type=dict[str, Any]).get("event_type", "")
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec's own error for invalid UTF-8 in a string
         raise BadRequest("the body must be an event envelope (JSON)", field="body") from None
     found = next((s for subs in service.inbound_subscriptions.values() for s in subs
                   if s.subject == event_type), None)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from aggregates.errors import InvalidValue
 from erp.commands import CommandContext, CommandRunner, crm, hrm, procurement, tenancy
 from projections import references as ref
 from streams.envelope import Envelope
@@ -20,6 +22,10 @@ from streams.events.auth import TenantAnnounced, UserAnnounced
 from streams.inbound import Subscription
 
 Write = Callable[[Any, Envelope[Any]], Awaitable[None]]
+
+
+class UnstorableValue(InvalidValue):
+    """A value of the event no column can hold, such as a number too large."""
 
 
 def auth(runner: CommandRunner) -> list[Subscription]:
@@ -66,9 +72,12 @@ def recorded(pool: AsyncConnectionPool[Any], consumer: str, write: Write) -> Any
     """A handler writing a read model once per event_id, in one transaction."""
 
     async def handle(event: Envelope[Any], ctx: CommandContext) -> object:
-        async with pool.connection() as conn, conn.transaction():
-            if await ref.first_time(conn, consumer, event):
-                await write(conn, event)
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                if await ref.first_time(conn, consumer, event):
+                    await write(conn, event)
+        except psycopg.DataError as error:  # retrying cannot help: refused (parked, or 422 as a webhook)
+            raise UnstorableValue(f"{event.event_type}: {error}") from None
         return None
 
     return handle

@@ -48,9 +48,28 @@ def encode(envelope: Envelope[Any]) -> bytes:
 
 
 def decode(payload: bytes, data_type: type[DataT]) -> Envelope[DataT]:
-    """Decodes and validates an envelope whose `data` is a `data_type`."""
+    """Decodes and validates an envelope whose `data` is a `data_type`; raises only
+    msgspec.DecodeError (ValidationError for invalid values). Text holding a NUL character
+    is refused like any invalid value (PostgreSQL cannot store it)."""
     decoder = _decoders.get(data_type)
     if decoder is None:
         decoder = _decoders[data_type] = msgspec.json.Decoder(Envelope[data_type])  # type: ignore[valid-type]
-    envelope: Envelope[DataT] = decoder.decode(payload)
+    try:
+        envelope: Envelope[DataT] = decoder.decode(payload)
+    except UnicodeDecodeError as error:  # msgspec's own error for invalid UTF-8 inside a string
+        raise msgspec.DecodeError(f"Invalid UTF-8 in a string: {error.reason}") from None
+    if b"\\u0000" in payload:  # JSON carries a NUL character only escaped
+        _refuse_nul(msgspec.to_builtins(envelope), "$")
     return envelope
+
+
+def _refuse_nul(value: Any, path: str) -> None:
+    if isinstance(value, str) and "\x00" in value:
+        raise msgspec.ValidationError(f"Text must not contain a NUL character - at `{path}`")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_nul(key, path)
+            _refuse_nul(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_nul(item, f"{path}[{i}]")
