@@ -22,6 +22,7 @@ from erp.cli_secrets import database_url
 from erp.eventstore import ErpEventStore, close_store, event_metadata, store_for
 from erp.settings import Settings
 from streams import envelope as env
+from streams.jetstream import server_urls
 from streams.relay import to_message
 
 _HIDDEN = frozenset({"originator_id", "originator_version", "originator_topic", "timestamp", "metadata"})
@@ -82,7 +83,7 @@ def tail(event_type: str | None, tenant: str | None, limit: int | None) -> None:
     settings = Settings()
 
     async def follow() -> None:
-        nc = await nats.connect(nats_url(settings))
+        nc = await nats.connect(server_urls(nats_url(settings)))
         shown = 0
         done = asyncio.Event()
 
@@ -149,7 +150,13 @@ projections.command("list", help="The same as status.")(_status)
 def rebuild_command(names: tuple[str, ...], everything: bool, from_stream: bool,
                     interrupted: str | None) -> None:
     from erp.bootstrap import all_projections
-    from projections.rebuild import EventStoreSource, Interrupted, InterruptedRebuild, StreamSource, rebuild
+    from projections.rebuild import (
+        EventStoreSource,
+        Interrupted,
+        InterruptedRebuild,
+        StreamSource,
+        rebuild_many,
+    )
 
     known = {p.name: p for p in all_projections()}
     if bool(names) == everything:
@@ -165,37 +172,38 @@ def rebuild_command(names: tuple[str, ...], everything: bool, from_stream: bool,
     if interrupted in ("resume", "discard"):
         mode = "resume" if interrupted == "resume" else "discard"
 
-    async def run(name: str) -> Any:
-        started = time.perf_counter()
+    chosen = [known[name] for name in (sorted(known) if everything else names)]
+    label = ", ".join(p.name for p in chosen)
+    started = time.perf_counter()
 
-        def report(done: int, total: int) -> None:
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            eta = (total - done) / rate if rate else 0
-            line = f"{name}: {done}/{total}, {rate:,.0f} events/s, ETA {eta:.0f} s"
-            if sys.stdout.isatty():  # one line, redrawn
-                click.echo(f"\r{line}   ", nl=False)
-            else:
-                click.echo(line)
+    def report(done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        eta = (total - done) / rate if rate else 0
+        line = f"{label}: {done}/{total}, {rate:,.0f} events/s, ETA {eta:.0f} s"
+        if sys.stdout.isatty():  # one line, redrawn
+            click.echo(f"\r{line}   ", nl=False)
+        else:
+            click.echo(line)
 
+    async def run() -> Any:
         if not from_stream:
-            return await rebuild(url, EventStoreSource(store), known[name], progress=report,
-                                 interrupted=mode)
-        nc = await nats.connect(nats_url(settings))
+            return await rebuild_many(url, EventStoreSource(store), chosen, progress=report, interrupted=mode)
+        nc = await nats.connect(server_urls(nats_url(settings)))
         try:
             source = StreamSource(nc.jetstream(), settings.stream)
-            return await rebuild(url, source, known[name], progress=report, interrupted=mode)
+            return await rebuild_many(url, source, chosen, progress=report, interrupted=mode)
         finally:
             await nc.close()
 
     try:
-        for name in sorted(known) if everything else names:
-            try:
-                done = asyncio.run(run(name))
-            except InterruptedRebuild as error:
-                raise click.ClickException(f"{error} (--resume or --discard)") from None
-            if sys.stdout.isatty():
-                click.echo()
-            click.echo(f"{name}: rebuilt from {done.events} events in {done.seconds:.1f} s "
+        try:
+            rebuilt = asyncio.run(run())
+        except InterruptedRebuild as error:
+            raise click.ClickException(f"{error} (--resume or --discard)") from None
+        if sys.stdout.isatty():
+            click.echo()
+        for done in rebuilt:
+            click.echo(f"{done.projection}: rebuilt from {done.events} events in {done.seconds:.1f} s "
                        f"({done.rate:,.0f} events/s); live processing resumes after {done.position}")
     finally:
         close_store(store)
@@ -229,7 +237,7 @@ def replay(name: str, from_position: int, to_position: int | None, event_types: 
         return
 
     async def publish() -> None:
-        nc = await nats.connect(nats_url(settings))
+        nc = await nats.connect(server_urls(nats_url(settings)))
         try:
             js = nc.jetstream()
             await _ensure_replay_stream(js)
@@ -253,7 +261,7 @@ def recover_stream(yes: bool) -> None:
     url = database_url(settings)
 
     async def run() -> None:
-        nc = await nats.connect(nats_url(settings))
+        nc = await nats.connect(server_urls(nats_url(settings)))
         try:
             problem = await diagnose(nc, url, settings.stream)
             if problem is None:
