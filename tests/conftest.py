@@ -8,6 +8,7 @@ Each test gets a database of its own and an empty ERP stream.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import itertools
 import os
@@ -95,7 +96,10 @@ async def endpoints(servers: Endpoints, database_url: str) -> Endpoints:
 ISSUER = "https://auth.test"
 AUDIENCE = "erp-service"
 AUTH_KEY = ec.generate_private_key(ec.SECP256R1())
-_PUBLIC_KEY_FILE = ROOT / ".erp-data" / f"test-auth-key-{os.getpid()}.pem"
+# Unique per run (a pid alone is reused: a later run would trust an earlier run's key), and
+# removed at exit.
+_PUBLIC_KEY_FILE = ROOT / ".erp-data" / f"test-auth-key-{os.getpid()}-{uuid.uuid4().hex[:12]}.pem"
+atexit.register(lambda: _PUBLIC_KEY_FILE.unlink(missing_ok=True))
 
 
 def _public_key_file() -> Path:
