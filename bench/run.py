@@ -121,10 +121,27 @@ class Servers:
     public_key: Path
 
     def database(self, name: str) -> str:
+        """A fresh database, and no ERP stream: each section's log starts the stream afresh."""
+        asyncio.run(self._delete_streams())
         with psycopg.connect(self.postgres.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+    async def _delete_streams(self) -> None:
+        import contextlib
+
+        from nats.js.errors import NotFoundError
+
+        import nats
+
+        nc = await nats.connect(self.nats.url)
+        try:
+            for stream in ("ERP", "ERP_DLQ", "ERP_REPLAY"):
+                with contextlib.suppress(NotFoundError):
+                    await nc.jetstream().delete_stream(stream)
+        finally:
+            await nc.close()
 
     def token(self, tenant: str = TENANT) -> str:
         return mint(self.key, tenant_id=tenant, subject="bench-user", roles=("erp.superuser",),
