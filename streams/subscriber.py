@@ -9,7 +9,8 @@ It makes (or reuses) a durable pull consumer on the stream `ERP` for the subject
 handle, decodes each message into the typed envelope from `streams.events` (the same
 Structs that produced it), skips an `event_id` it has already handled (JetStream
 delivers at least once), and acknowledges only after your handler returns; a handler
-that raises gets the message again after a delay. Deduplication here is per process
+that raises gets the message again after a delay, and a message that does not decode is
+logged and terminated (it would never decode). Deduplication here is per process
 (the last `remember` ids); for exactly-once effects, record `event.event_id` in the
 transaction of your effect, as the ERP itself does. See `examples/subscriber.py`.
 """
@@ -47,6 +48,7 @@ class ErpSubscriber:
         self._handlers: dict[str, tuple[type[msgspec.Struct], Handler]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.handled = 0
+        self.refused = 0  # malformed: terminated, never redelivered
         self.duplicates = 0
 
     @classmethod
@@ -83,7 +85,13 @@ class ErpSubscriber:
 
     async def _deliver(self, msg: Any) -> None:
         payload, handler = self._handlers[msg.subject]
-        event = env.decode(msg.data, payload)
+        try:
+            event = env.decode(msg.data, payload)
+        except msgspec.DecodeError as error:  # delivering it again cannot help
+            log.error("malformed event; terminated", subject=msg.subject, error=str(error))
+            self.refused += 1
+            await msg.term()
+            return
         key = str(event.event_id)
         if key in self._seen:
             self.duplicates += 1

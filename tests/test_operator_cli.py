@@ -165,3 +165,25 @@ async def test_the_subscriber_example_gets_each_won_opportunity_typed_once(
         ids.append(oid)
     seen = await asyncio.wait_for(follow(service.endpoints.nats_url, stop_after=2), 30)
     assert seen == ids
+
+
+async def test_the_subscriber_terminates_a_malformed_event_and_carries_on(
+    client: httpx.AsyncClient, service: Service, js: Any
+) -> None:
+    from streams.events.crm import OpportunityWon
+    from streams.subscriber import ErpSubscriber
+
+    oid = (await client.post(OPPORTUNITIES, json={"customer_id": "c", "title": "t", "owner": "o",
+                                                  "amount": 10})).json()["id"]
+    await client.post(f"{OPPORTUNITIES}/{oid}/win", json={})
+    await eventually(lambda: _stream_has(js, 3))
+    await js.publish("erp.opportunity.won", b'{"event_id": "not a uuid"}', stream="ERP")
+    seen: list[str] = []
+    async with await ErpSubscriber.connect(service.endpoints.nats_url, "malformed-test") as erp:
+        @erp.on("erp.opportunity.won", OpportunityWon)
+        async def won(event: Any) -> None:
+            seen.append(str(event.data.opportunity_id))
+
+        async with asyncio.timeout(20):
+            await erp.run(until=lambda: erp.handled + erp.refused >= 2)
+    assert seen == [oid] and erp.refused == 1
