@@ -382,16 +382,6 @@ def record_history(database_url: str, events: int, *, tenant: str = TENANT) -> i
     return stored
 
 
-async def _stream_state(nats_url: str, stream: str) -> Any:
-    import nats
-
-    nc = await nats.connect(nats_url)
-    try:
-        return (await nc.jetstream().stream_info(stream)).state
-    finally:
-        await nc.close()
-
-
 def relay_catch_up(s: Servers, report: Report, events: int) -> None:
     print("relay catch-up", flush=True)
     database_url = s.database("bench_relay")
