@@ -1,4 +1,5 @@
-"""Idempotency keys, recorded in the transaction that stores the command's events.
+"""Idempotency keys, recorded in the transaction that stores the command's events, and the
+event store's recorder that writes both.
 
 A command sent again with the same `Idempotency-Key` and the same request answers the
 first result and stores nothing; the same key with another request is refused.
@@ -10,15 +11,16 @@ import functools
 import hashlib
 import itertools
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Composed
+from psycopg.sql import SQL, Composed, Identifier
 from psycopg_pool import PoolTimeout
 
 DDL = """
@@ -68,7 +70,11 @@ def retried_unless_unreachable(method: Any) -> Any:
     """`method` of the library without its retry (10 tries, 0.2 s apart), retried the same way
     except when the database is unreachable: each try would first wait out the pool's
     timeout for a connection, and a request learn only after ten of them that it failed."""
-    unretried = method.__wrapped__
+    return retried_so(method.__wrapped__)
+
+
+def retried_so(unretried: Callable[..., Any]) -> Any:
+    """`unretried`, tried up to 10 times 0.2 s apart unless the database is unreachable."""
 
     @functools.wraps(unretried)
     def retried(*args: Any, **kwargs: Any) -> Any:
@@ -88,32 +94,65 @@ _TRIES = 10
 _RETRY_WAIT_SECONDS = 0.2
 
 
-class ErpRecorder(PostgresApplicationRecorder):
-    """The library's recorder, also writing idempotency keys in the events' transaction."""
+# Stores a save's events and idempotency keys in one statement, so in one round trip and
+# one implicit transaction: the library's pipelined insert took about 14 client/server
+# exchanges and twice the time. As the library does, the table lock makes commit order
+# equal notification-id order (a reader following the log never passes a gap that a
+# slower transaction fills later), and NOTIFY wakes the relay.
+INSERT_FUNCTION = """
+CREATE OR REPLACE FUNCTION {function}(ids uuid[], versions integer[], topics text[], states bytea[],
+    key_tenants text[], key_keys text[], key_fingerprints text[], key_aggregates uuid[],
+    key_versions bigint[])
+RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+BEGIN
+    LOCK TABLE {table} IN EXCLUSIVE MODE;
+    NOTIFY {channel};
+    INSERT INTO idempotency_keys (tenant_id, key, fingerprint, aggregate_id, version)
+        SELECT * FROM unnest(key_tenants, key_keys, key_fingerprints, key_aggregates, key_versions);
+    RETURN QUERY INSERT INTO {table} (originator_id, originator_version, topic, state)
+        SELECT e.id, e.version, e.topic, e.state
+        FROM unnest(ids, versions, topics, states) WITH ORDINALITY AS e(id, version, topic, state, n)
+        ORDER BY e.n
+        RETURNING notification_id;
+END $$
+"""
 
-    insert_events = retried_unless_unreachable(PostgresApplicationRecorder.insert_events)
+
+class ErpRecorder(PostgresApplicationRecorder):
+    """The library's recorder, storing events with idempotency keys in one round trip."""
+
     select_events = retried_unless_unreachable(PostgresApplicationRecorder.select_events)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.insert_function = Identifier(f"{self.events_table_name}_insert_v1")
         self.sql_create_statements.append(Composed([SQL(DDL)]))
+        self.sql_create_statements.append(SQL(INSERT_FUNCTION).format(
+            function=self.insert_function, table=Identifier(self.events_table_name),
+            channel=Identifier(self.channel_name)))
+        self._insert = SQL("SELECT * FROM {}(%s::uuid[], %s::integer[], %s::text[], %s::bytea[], "
+                           "%s::text[], %s::text[], %s::text[], %s::uuid[], %s::bigint[])"
+                           ).format(self.insert_function)
 
-    def _insert_events(
-        self,
-        curs: Cursor[DictRow],
-        stored_events: Any,
-        *,
-        idempotency: list[IdempotencyRecord] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super()._insert_events(curs, stored_events, **kwargs)
-        if idempotency:
-            curs.executemany(
-                "INSERT INTO idempotency_keys (tenant_id, key, fingerprint, aggregate_id, version) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                [(r.tenant_id, r.key, r.fingerprint, r.aggregate_id, r.version)
-                 for r in idempotency],
-            )
+    def _create_table(self, curs: Cursor[DictRow]) -> None:
+        # Instances starting together would otherwise race on CREATE … IF NOT EXISTS.
+        curs.execute("SELECT pg_advisory_xact_lock(hashtext('erp:schema'))")
+        super()._create_table(curs)
+
+    @retried_so
+    def insert_events(self, stored_events: Sequence[StoredEvent], *,
+                      idempotency: Sequence[IdempotencyRecord] = (), **_: Any) -> list[int]:
+        """Stores the events (and the command's idempotency keys); their notification ids, in order."""
+        keys = list(idempotency)
+        with self.datastore.get_connection() as conn:
+            rows = conn.execute(self._insert, (
+                [e.originator_id for e in stored_events], [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events], [e.state for e in stored_events],
+                [k.tenant_id for k in keys], [k.key for k in keys], [k.fingerprint for k in keys],
+                [k.aggregate_id for k in keys], [k.version for k in keys],
+            ), prepare=True).fetchall()
+        # Numbered as inserted, in the events' order: sorted, they pair with the events.
+        return sorted(next(iter(row.values())) for row in rows)
 
 
 def find(recorder: PostgresApplicationRecorder, tenant_id: str, key: str) -> dict[str, Any] | None:
