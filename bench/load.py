@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from projections.base import POSITIONS_CHANNEL
+from projections.base import POSITIONS_CHANNEL, read_positions
 
 
 class Connection:
@@ -64,11 +64,11 @@ async def run(url: str, token: str, database_url: str, rate: int, seconds: int) 
     async def listen() -> None:
         nonlocal visible
         async for notice in listener.notifies():
-            name, _, position = notice.payload.partition(":")
-            if name != "opportunities":
+            reached = read_positions(notice.payload).get("opportunities")
+            if reached is None:
                 continue
             now = time.perf_counter()
-            visible = max(visible, int(position))
+            visible = max(visible, reached)
             for seen in [p for p in waiting if p <= visible]:
                 freshness.append(now - waiting.pop(seen))
             if sending_done and not waiting:

@@ -38,7 +38,7 @@ from projections.opportunities import OpportunitiesProjection
 from projections.payroll import PayrollProjection
 from projections.positions import ReadModelPositions
 from projections.purchase_orders import PurchaseOrdersProjection
-from projections.runner import ProjectorRunner, ensure_schema
+from projections.runner import ProjectorGroup, ProjectorRunner, ensure_schema
 from projections.tenancy import as_api_role, isolate_tenants
 from projections.users import UsersProjection
 from projections.work_orders import BomsProjection, WorkOrdersProjection
@@ -173,18 +173,17 @@ class Service:
             self._spawn("relay", lead(url, f"relay:{s.stream}", self.relay.run,
                                       on_change=self._leading("relay")))
         if s.run_projectors:
-            for projection in all_projections():
-                runner = ProjectorRunner(
-                    projection, url, self.js, s.stream, batch_size=s.projector_batch_size
-                )
-                self.projectors.append(runner)
-                role = f"projector:{projection.name}"
-                self._spawn(role, lead(url, f"{role}:{s.stream}", runner.run,
-                                       on_change=self._leading(role)))
+            # One leader runs every projection, from one subscription (projections/runner.py).
+            self.projectors = [ProjectorRunner(projection) for projection in all_projections()]
+            group = ProjectorGroup(self.projectors, url, self.js, s.stream, batch_size=s.projector_batch_size)
+            roles = [f"projector:{runner.projection.name}" for runner in self.projectors]
+            self._spawn("projectors", lead(url, f"projectors:{s.stream}", group.run,
+                                           on_change=self._leading(*roles)))
 
-    def _leading(self, role: str) -> Any:
+    def _leading(self, *roles: str) -> Any:
         def changed(leading: bool) -> None:
-            (self.leading.add if leading else self.leading.discard)(role)
+            for role in roles:
+                (self.leading.add if leading else self.leading.discard)(role)
         return changed
 
     def _spawn(self, name: str, coroutine: Any) -> None:

@@ -15,10 +15,33 @@ CREATE TABLE IF NOT EXISTS projection_checkpoints (
     stream_seq bigint NOT NULL,
     log_position bigint NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
-)
+);
+-- Moves a checkpoint only from the value its runner last wrote; otherwise fails the
+-- transaction (SQLSTATE ERPCK), so the batch sent with it in one round trip is not applied.
+CREATE OR REPLACE FUNCTION erp_move_checkpoint(projection text, previous bigint, stream_seq bigint,
+    log_position bigint) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE projection_checkpoints AS c SET stream_seq = erp_move_checkpoint.stream_seq,
+        log_position = erp_move_checkpoint.log_position, updated_at = now()
+    WHERE c.name = projection AND c.stream_seq = previous;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the checkpoint of % is no longer %', projection, previous USING ERRCODE = 'ERPCK';
+    END IF;
+END $$;
 """
+CHECKPOINT_MOVED = "ERPCK"
 
-POSITIONS_CHANNEL = "erp_read_models"  # NOTIFY '<projection>:<log position>' after each batch
+POSITIONS_CHANNEL = "erp_read_models"  # NOTIFY '<projection>[,<projection>…]:<log position>'
+
+
+def positions_payload(projections: list[str], position: int) -> str:
+    """What a NOTIFY on POSITIONS_CHANNEL says: these read models have reached `position`."""
+    return f"{','.join(projections)}:{position}"
+
+
+def read_positions(payload: str) -> dict[str, int]:
+    names, _, position = payload.rpartition(":")
+    return dict.fromkeys(names.split(","), int(position))
 
 
 @dataclass(frozen=True)

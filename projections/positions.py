@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from projections.base import POSITIONS_CHANNEL
+from projections.base import POSITIONS_CHANNEL, read_positions
 
 log = structlog.get_logger("erp.positions")
 
@@ -55,8 +55,7 @@ class ReadModelPositions:
             await conn.execute(f"LISTEN {POSITIONS_CHANNEL}")
             await self._reload(conn)
             async for notify in conn.notifies():
-                name, _, position = notify.payload.rpartition(":")
-                await self._advance({name: int(position)})
+                await self._advance(read_positions(notify.payload))
 
     async def _reload(self, conn: psycopg.AsyncConnection[Any]) -> None:
         try:

@@ -31,7 +31,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from erp.eventstore import ErpEventStore
-from projections.base import POSITIONS_CHANNEL, Delivered, Projection
+from projections.base import POSITIONS_CHANNEL, Delivered, Projection, positions_payload
 from projections.tenancy import isolate_tenants
 from streams import envelope as env
 from streams.catalogue import PUBLICATIONS
@@ -291,4 +291,5 @@ async def _swap(conn: psycopg.AsyncConnection[Any], schema: str, name: str, seq:
         await conn.execute(f"DROP SCHEMA {schema} CASCADE")
         await conn.execute("UPDATE projection_checkpoints SET stream_seq = %s, log_position = %s, "
                            "updated_at = now() WHERE name = %s", (seq, position, name))
-        await conn.execute("SELECT pg_notify(%s, %s)", (POSITIONS_CHANNEL, f"{name}:{position}"))
+        await conn.execute("SELECT pg_notify(%s, %s)",
+                           (POSITIONS_CHANNEL, positions_payload([name], position)))

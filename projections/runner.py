@@ -1,21 +1,34 @@
-"""Runs one projection from the stream into PostgreSQL, exactly once and in order.
+"""Runs the projections from the stream into PostgreSQL, each exactly once and in order.
 
-- Reads with an ordered push consumer starting at checkpoint + 1, and checks itself
-  that every message's stream sequence is exactly the next one: a gap (a client
-  that lost messages) means resubscribing from the checkpoint, a sequence already
-  applied (redelivery) is skipped.
-- Applies many events per transaction; the checkpoint row is updated in the same
-  transaction, guarded by its previous value, so a second runner that somehow runs
-  at once can never apply an event twice.
-- After each commit, NOTIFY tells waiting queries the new log position.
-- A stalled consumer is found by comparing the checkpoint with the stream's end
+- One ordered push consumer feeds all the projections this process leads
+  (`ProjectorGroup`): a message is received and its headers parsed once, not once per
+  read model. It starts after the lowest checkpoint; each projection skips what it has
+  already applied.
+- Each projection checks that every message's stream sequence is exactly its next one:
+  a gap (a client that lost messages) means resubscribing from the checkpoints, a
+  sequence already applied (redelivery) is skipped.
+- Each projection applies a batch in one transaction on its own connection, all at the
+  same time; its checkpoint row is updated in the same transaction, guarded by its
+  previous value, so a second runner that somehow runs at once can never apply an event
+  twice. After each commit, NOTIFY tells waiting queries the new log position.
+- A batch with no event a projection reads costs it no transaction: the positions of
+  all such projections go out in one NOTIFY, and their checkpoint rows catch up with
+  their next applied batch, or within `CHECKPOINT_LAG_SECONDS`. Most events are for
+  other read models; a transaction for each of them was most of a projector's work.
+- A projection that fails (not a gap) is left out for `retry_seconds` while the others
+  go on, then the group resubscribes to bring it back from its checkpoint.
+- A stalled consumer is found by comparing the checkpoints with the stream's end
   after an idle interval.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -25,11 +38,19 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from projections.base import CHECKPOINTS_DDL, POSITIONS_CHANNEL, Delivered, Projection
+from projections.base import (
+    CHECKPOINT_MOVED,
+    CHECKPOINTS_DDL,
+    POSITIONS_CHANNEL,
+    Delivered,
+    Projection,
+    positions_payload,
+)
 from streams import envelope as env
 from streams.jetstream import SUBJECTS, header
 
 log = structlog.get_logger("erp.projector")
+CHECKPOINT_LAG_SECONDS = 1.0  # how long a checkpoint row may trail events its projection does not read
 
 
 class Resubscribe(Exception):
@@ -42,6 +63,8 @@ class CheckpointMoved(Exception):
 
 async def ensure_schema(conn: psycopg.AsyncConnection[Any], projection: Projection) -> None:
     async with conn.transaction():
+        # Instances starting together would race on CREATE … IF NOT EXISTS / OR REPLACE.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('erp:schema'))")
         await conn.execute(CHECKPOINTS_DDL)
         await conn.execute(projection.ddl)
         await conn.execute(
@@ -51,57 +74,49 @@ async def ensure_schema(conn: psycopg.AsyncConnection[Any], projection: Projecti
         )
 
 
-def to_delivered(projection: Projection, msg: Msg) -> Delivered:
-    payload_type = projection.reads(msg.subject)
-    envelope = env.decode(msg.data, payload_type) if payload_type is not None else None
-    return Delivered(
-        subject=msg.subject,
-        stream_seq=msg.metadata.sequence.stream,
-        log_position=int(header(msg, env.LOG_POSITION) or 0),
-        aggregate_version=int(header(msg, env.AGGREGATE_VERSION) or 0),
-        envelope=envelope,
-    )
+@dataclass(frozen=True)
+class Arrived:
+    """A message from the stream, as every projection of the process reads it."""
+
+    stream_seq: int
+    subject: str
+    log_position: int  # 0 for a message the relay did not write
+    aggregate_version: int
+    data: bytes
+
+    @staticmethod
+    def of(msg: Msg) -> Arrived:
+        return Arrived(msg.metadata.sequence.stream, msg.subject, int(header(msg, env.LOG_POSITION) or 0),
+                       int(header(msg, env.AGGREGATE_VERSION) or 0), msg.data)
+
+
+def to_delivered(projection: Projection, arrived: Arrived) -> Delivered:
+    payload_type = projection.reads(arrived.subject)
+    envelope = env.decode(arrived.data, payload_type) if payload_type is not None else None
+    return Delivered(subject=arrived.subject, stream_seq=arrived.stream_seq,
+                     log_position=arrived.log_position, aggregate_version=arrived.aggregate_version,
+                     envelope=envelope)
 
 
 class ProjectorRunner:
-    def __init__(
-        self,
-        projection: Projection,
-        database_url: str,
-        js: JetStreamContext,
-        stream: str,
-        *,
-        batch_size: int,
-        idle_check_seconds: float = 5.0,
-    ) -> None:
+    """One projection's progress through the stream, and how it applies a batch."""
+
+    def __init__(self, projection: Projection) -> None:
         self.projection = projection
-        self._database_url = database_url
-        self._js = js
-        self._stream = stream
-        self._batch_size = batch_size
-        self._idle_check = idle_check_seconds
-        self.stream_seq = 0
+        self.stream_seq = 0  # applied (or not read by this projection) up to here
         self.log_position = 0
+        self._saved_seq = 0  # the checkpoint row's stream_seq
+        self._saved_at = 0.0
         self.applied_total = 0
         self.resubscribes = 0
         self.redelivered = 0  # delivered again after being applied: skipped
 
-    async def run(self) -> None:
-        async with await psycopg.AsyncConnection.connect(
-            self._database_url, autocommit=True,
-            application_name=f"erp-projector-{self.projection.name}",
-        ) as conn:
-            await ensure_schema(conn, self.projection)
-            while True:
-                await self._load_checkpoint(conn)
-                try:
-                    await self._consume(conn)
-                except (Resubscribe, CheckpointMoved) as reason:
-                    self.resubscribes += 1
-                    log.warning("resubscribing from checkpoint", projection=self.projection.name,
-                                reason=str(reason), stream_seq=self.stream_seq)
+    @property
+    def behind(self) -> bool:
+        """Its checkpoint row trails events it did not read."""
+        return self._saved_seq < self.stream_seq
 
-    async def _load_checkpoint(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def load_checkpoint(self, conn: psycopg.AsyncConnection[Any]) -> None:
         cur = await conn.execute(
             "SELECT stream_seq, log_position FROM projection_checkpoints WHERE name = %s",
             (self.projection.name,),
@@ -109,8 +124,144 @@ class ProjectorRunner:
         row = await cur.fetchone()
         assert row is not None
         self.stream_seq, self.log_position = int(row[0]), int(row[1])
+        self._saved_seq, self._saved_at = self.stream_seq, time.monotonic()
 
-    async def _consume(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def apply(self, conn: psycopg.AsyncConnection[Any], batch: Sequence[Arrived]) -> bool:
+        """Applies what it has not applied yet; whether it committed (and so NOTIFYed) anything.
+        A batch it reads nothing of only moves its position: the caller NOTIFYs that."""
+        events: list[Delivered] = []
+        next_seq = self.stream_seq + 1
+        for arrived in batch:
+            seq = arrived.stream_seq
+            if seq < next_seq:
+                self.redelivered += 1  # delivered again: already applied
+                continue
+            if seq > next_seq:
+                raise Resubscribe(f"expected sequence {next_seq}, got {seq}")
+            try:
+                events.append(to_delivered(self.projection, arrived))
+            except msgspec.ValidationError as error:
+                # Our own relay wrote it; a payload that fails its schema is a bug to fix, not skip.
+                raise RuntimeError(f"stream sequence {seq} ({arrived.subject}): {error}") from error
+            next_seq += 1
+        if not events:
+            return False
+        started = time.perf_counter()
+        last = events[-1]
+        log_position = max(self.log_position, last.log_position)  # a foreign message has none
+        if all(event.envelope is None for event in events):
+            self.stream_seq, self.log_position = last.stream_seq, log_position
+            self.applied_total += len(events)
+            return False
+        # One round trip: the checkpoint, the changes and the NOTIFY are sent together, and
+        # the checkpoint's guard fails the whole transaction.
+        async with self._checkpoint_guard(), conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+            await self._move_checkpoint(cur, last.stream_seq, log_position)
+            for event in events:
+                if event.envelope is not None:
+                    await self.projection.apply(cur, event)
+            await cur.execute("SELECT pg_notify(%s, %s)",
+                              (POSITIONS_CHANNEL, positions_payload([self.projection.name], log_position)))
+        self.stream_seq, self.log_position = last.stream_seq, log_position
+        self._saved_seq, self._saved_at = last.stream_seq, time.monotonic()
+        self.applied_total += len(events)
+        log.debug("batch applied", projection=self.projection.name, events=len(events),
+                  stream_seq=self.stream_seq, ms=round((time.perf_counter() - started) * 1000, 1))
+        return True
+
+    async def save_checkpoint(self, conn: psycopg.AsyncConnection[Any], *,
+                              unless_recent: bool = False) -> None:
+        """Brings the checkpoint row up to events it did not read (if `unless_recent`: only
+        when the row was last written `CHECKPOINT_LAG_SECONDS` ago or more)."""
+        if not self.behind or (unless_recent and time.monotonic() - self._saved_at < CHECKPOINT_LAG_SECONDS):
+            return
+        async with self._checkpoint_guard(), conn.cursor() as cur:
+            await self._move_checkpoint(cur, self.stream_seq, self.log_position)
+        self._saved_seq, self._saved_at = self.stream_seq, time.monotonic()
+
+    async def _move_checkpoint(self, cur: psycopg.AsyncCursor[Any], stream_seq: int,
+                               log_position: int) -> None:
+        """Guarded by the value this runner last wrote: a second runner cannot apply a batch twice."""
+        await cur.execute("SELECT erp_move_checkpoint(%s, %s, %s, %s)",
+                          (self.projection.name, self._saved_seq, stream_seq, log_position))
+
+    @contextlib.asynccontextmanager
+    async def _checkpoint_guard(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except psycopg.Error as error:
+            if error.sqlstate == CHECKPOINT_MOVED:
+                raise CheckpointMoved(f"checkpoint is no longer {self._saved_seq}") from error
+            raise
+
+
+class ProjectorGroup:
+    def __init__(
+        self,
+        runners: Sequence[ProjectorRunner],
+        database_url: str,
+        js: JetStreamContext,
+        stream: str,
+        *,
+        batch_size: int,
+        idle_check_seconds: float = 5.0,
+        retry_seconds: float = 5.0,
+    ) -> None:
+        self.runners = list(runners)
+        self._database_url = database_url
+        self._js = js
+        self._stream = stream
+        self._batch_size = batch_size
+        self._idle_check = idle_check_seconds
+        self._retry = retry_seconds
+        self._failed: dict[ProjectorRunner, float] = {}  # left out until then
+
+    async def run(self) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            conns = {}
+            for runner in self.runners:
+                conns[runner] = await stack.enter_async_context(await psycopg.AsyncConnection.connect(
+                    self._database_url, autocommit=True,
+                    application_name=f"erp-projector-{runner.projection.name}"))
+                await ensure_schema(conns[runner], runner.projection)
+            while True:
+                for runner in self.runners:
+                    await runner.load_checkpoint(conns[runner])
+                try:
+                    await self._consume(conns)
+                except (Resubscribe, CheckpointMoved) as reason:
+                    log.warning("resubscribing from the checkpoints", reason=str(reason),
+                                stream_seq=min(r.stream_seq for r in self.runners))
+
+    def _active(self) -> list[ProjectorRunner]:
+        now = time.monotonic()
+        return [r for r in self.runners if self._failed.get(r, 0.0) <= now]
+
+    def _fail(self, runner: ProjectorRunner, error: BaseException) -> None:
+        log.error("projection failed; the others go on", projection=runner.projection.name, error=repr(error),
+                  retry_in_seconds=self._retry, stream_seq=runner.stream_seq)
+        self._failed[runner] = time.monotonic() + self._retry
+
+    def _retry_due(self) -> None:
+        due = [r for r, until in self._failed.items() if until <= time.monotonic()]
+        if due:
+            for runner in due:
+                del self._failed[runner]
+            raise Resubscribe(f"retrying {', '.join(r.projection.name for r in due)}")
+
+    async def _consume(self, conns: dict[ProjectorRunner, psycopg.AsyncConnection[Any]]) -> None:
+        state = (await self._js.stream_info(self._stream)).state
+        for runner in self._active():
+            if state.messages and runner.stream_seq + 1 < state.first_seq:
+                self._fail(runner, RuntimeError(
+                    f"stream {self._stream} no longer holds sequences {runner.stream_seq + 1}.."
+                    f"{state.first_seq - 1}: rebuild projection {runner.projection.name} "
+                    "from the event store"))
+        active = self._active()
+        if not active:
+            await asyncio.sleep(max(0.0, min(self._failed.values()) - time.monotonic()))
+            self._retry_due()
+            return
         # Bounded: while it is full the client holds back its flow-control replies, so the
         # server slows down instead of this process buffering a whole backlog.
         arrived: asyncio.Queue[Msg] = asyncio.Queue(maxsize=2 * self._batch_size)
@@ -118,80 +269,73 @@ class ProjectorRunner:
         async def on_message(msg: Msg) -> None:
             await arrived.put(msg)
 
-        state = (await self._js.stream_info(self._stream)).state
-        if state.messages and self.stream_seq + 1 < state.first_seq:
-            raise RuntimeError(
-                f"stream {self._stream} no longer holds sequences {self.stream_seq + 1}.."
-                f"{state.first_seq - 1}: rebuild projection {self.projection.name} "
-                "from the event store"
-            )
         sub = await self._js.subscribe(
             SUBJECTS[0], stream=self._stream, cb=on_message, ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=self.stream_seq + 1,
-            ),
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                  opt_start_seq=min(r.stream_seq for r in active) + 1),
         )
         try:
             while True:
+                behind = any(r.behind for r in active)
                 try:
                     # Not wait_for: on 3.11 it can swallow a cancellation when a message
                     # arrives at the same moment (CPython gh-86296), and stopping would hang.
-                    async with asyncio.timeout(self._idle_check):
+                    async with asyncio.timeout(CHECKPOINT_LAG_SECONDS if behind else self._idle_check):
                         first = await arrived.get()
                 except TimeoutError:
-                    await self._check_not_stalled()
+                    await self._save_checkpoints(conns, recent_too=True)
+                    if not behind:
+                        await self._check_not_stalled(active)
+                    self._retry_due()
                     continue
-                batch = [first]
+                batch = [Arrived.of(first)]
                 while len(batch) < self._batch_size and not arrived.empty():
-                    batch.append(arrived.get_nowait())
-                await self._apply(conn, batch)
+                    batch.append(Arrived.of(arrived.get_nowait()))
+                await self._apply(conns, active, batch)
+                active = self._active()
+                self._retry_due()
         finally:
             await sub.unsubscribe()
 
-    async def _check_not_stalled(self) -> None:
-        last_seq = (await self._js.stream_info(self._stream)).state.last_seq
-        if last_seq > self.stream_seq:
-            raise Resubscribe(f"idle at {self.stream_seq} while the stream is at {last_seq}")
+    async def _apply(self, conns: dict[ProjectorRunner, psycopg.AsyncConnection[Any]],
+                     active: list[ProjectorRunner], batch: list[Arrived]) -> None:
+        outcomes = await asyncio.gather(*(r.apply(conns[r], batch) for r in active), return_exceptions=True)
+        quiet: dict[int, list[str]] = defaultdict(list)  # position -> projections that only moved to it
+        again: Exception | None = None
+        for runner, outcome in zip(active, outcomes, strict=True):
+            if isinstance(outcome, (Resubscribe, CheckpointMoved)):
+                runner.resubscribes += 1
+                again = again or outcome
+            elif isinstance(outcome, Exception):
+                self._fail(runner, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            elif outcome is False and runner.stream_seq == batch[-1].stream_seq:
+                quiet[runner.log_position].append(runner.projection.name)
+        working = self._active()
+        for position, names in quiet.items():
+            if working:
+                await conns[working[0]].execute("SELECT pg_notify(%s, %s)",
+                                                (POSITIONS_CHANNEL, positions_payload(names, position)))
+        await self._save_checkpoints(conns, recent_too=False)
+        if again is not None:
+            raise again
 
-    async def _apply(self, conn: psycopg.AsyncConnection[Any], batch: list[Msg]) -> None:
-        events: list[Delivered] = []
-        next_seq = self.stream_seq + 1
-        for msg in batch:
-            seq = msg.metadata.sequence.stream
-            if seq < next_seq:
-                self.redelivered += 1  # delivered again: already applied
-                continue
-            if seq > next_seq:
-                raise Resubscribe(f"expected sequence {next_seq}, got {seq}")
+    async def _save_checkpoints(self, conns: dict[ProjectorRunner, psycopg.AsyncConnection[Any]], *,
+                                recent_too: bool) -> None:
+        for runner in self._active():
             try:
-                events.append(to_delivered(self.projection, msg))
-            except msgspec.ValidationError as error:
-                # Our own relay wrote it; a payload that fails its schema is a bug to fix, not skip.
-                raise RuntimeError(f"stream sequence {seq} ({msg.subject}): {error}") from error
-            next_seq += 1
-        if not events:
-            return
-        started = time.perf_counter()
-        last = events[-1]
-        log_position = max(self.log_position, last.log_position)  # a foreign message has none
-        async with conn.transaction(), conn.cursor() as cur:
-            await cur.execute(
-                "UPDATE projection_checkpoints SET stream_seq = %s, log_position = %s, "
-                "updated_at = now() WHERE name = %s AND stream_seq = %s",
-                (last.stream_seq, log_position, self.projection.name, self.stream_seq),
-            )
-            if cur.rowcount != 1:
-                raise CheckpointMoved(f"checkpoint is no longer {self.stream_seq}")
-            async with conn.pipeline():
-                for event in events:
-                    if event.envelope is not None:
-                        await self.projection.apply(cur, event)
-            await cur.execute(
-                "SELECT pg_notify(%s, %s)",
-                (POSITIONS_CHANNEL, f"{self.projection.name}:{log_position}"),
-            )
-        self.stream_seq, self.log_position = last.stream_seq, log_position
-        self.applied_total += len(events)
-        log.debug("batch applied", projection=self.projection.name, events=len(events),
-                  stream_seq=self.stream_seq, ms=round((time.perf_counter() - started) * 1000, 1))
+                await runner.save_checkpoint(conns[runner], unless_recent=not recent_too)
+            except CheckpointMoved:
+                runner.resubscribes += 1
+                raise
+            except Exception as error:
+                self._fail(runner, error)
+
+    async def _check_not_stalled(self, active: list[ProjectorRunner]) -> None:
+        last_seq = (await self._js.stream_info(self._stream)).state.last_seq
+        lowest = min(r.stream_seq for r in active)
+        if last_seq > lowest:
+            for runner in active:
+                runner.resubscribes += runner.stream_seq < last_seq
+            raise Resubscribe(f"idle at {lowest} while the stream is at {last_seq}")

@@ -14,7 +14,7 @@ import psycopg
 from aggregates.statutory import payslip, rules_for
 from erp.bootstrap import Service
 from projections.payroll import PayrollProjection
-from projections.runner import to_delivered
+from projections.runner import Arrived, to_delivered
 from tests.conftest import as_user, read_stream
 
 EMPLOYEES = "/api/v1/hrm/employees"
@@ -295,7 +295,7 @@ async def test_replaying_the_stream_changes_no_payroll_read_model_row(
         before = await snapshot(conn)
         async with conn.transaction(), conn.cursor() as cur:
             for msg in messages:
-                delivered = to_delivered(projection, msg)
+                delivered = to_delivered(projection, Arrived.of(msg))
                 if delivered.envelope is not None:
                     await projection.apply(cur, delivered)
         assert await snapshot(conn) == before

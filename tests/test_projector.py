@@ -11,8 +11,10 @@ import pytest
 
 from erp.bootstrap import Endpoints
 from erp.eventstore import store_for
+from projections.base import POSITIONS_CHANNEL, Delivered, read_positions
 from projections.opportunities import OpportunitiesProjection
-from projections.runner import ProjectorRunner, Resubscribe, ensure_schema
+from projections.runner import Arrived, ProjectorGroup, ProjectorRunner, Resubscribe, ensure_schema
+from streams.events.crm import OpportunityOpened
 from streams.jetstream import ensure_stream
 from streams.relay import Relay
 from tests.conftest import eventually, read_stream, record_history, worker
@@ -105,8 +107,7 @@ async def test_projector_killed_mid_batch_applies_every_event_once(
 
 @pytest.fixture
 async def runner(endpoints: Endpoints, js: Any) -> Any:
-    return ProjectorRunner(OpportunitiesProjection(), endpoints.database_url, js, "ERP",
-                           batch_size=100)
+    return ProjectorRunner(OpportunitiesProjection())
 
 
 async def test_redelivered_events_are_skipped_and_a_gap_is_refused(
@@ -114,18 +115,18 @@ async def test_redelivered_events_are_skipped_and_a_gap_is_refused(
 ) -> None:
     total = await asyncio.to_thread(record_history, endpoints.database_url, 30)
     await publish_all(endpoints, js, total)
-    messages = await read_stream(js, total)
+    messages = [Arrived.of(m) for m in await read_stream(js, total)]
     async with await psycopg.AsyncConnection.connect(
         endpoints.database_url, autocommit=True
     ) as conn:
         await ensure_schema(conn, runner.projection)
-        await runner._apply(conn, messages[:10])
-        await runner._apply(conn, messages[5:20])  # 5..9 again: redelivered
+        await runner.apply(conn, messages[:10])
+        await runner.apply(conn, messages[5:20])  # 5..9 again: redelivered
         assert runner.stream_seq == 20
         with pytest.raises(Resubscribe):
-            await runner._apply(conn, messages[21:])  # 21 is missing: a gap
+            await runner.apply(conn, messages[21:])  # 21 is missing: a gap
         assert await checkpoint(endpoints.database_url) == 20  # the gap wrote nothing
-        await runner._apply(conn, messages[20:])
+        await runner.apply(conn, messages[20:])
     assert await checkpoint(endpoints.database_url) == total
     await read_model_matches_event_store(endpoints.database_url, total)
 
@@ -138,14 +139,69 @@ async def test_a_second_runner_cannot_apply_a_batch_twice(
 
     total = await asyncio.to_thread(record_history, endpoints.database_url, 10)
     await publish_all(endpoints, js, total)
-    messages = await read_stream(js, total)
-    other = ProjectorRunner(OpportunitiesProjection(), endpoints.database_url, js, "ERP",
-                            batch_size=100)
+    messages = [Arrived.of(m) for m in await read_stream(js, total)]
+    other = ProjectorRunner(OpportunitiesProjection())
     async with await psycopg.AsyncConnection.connect(
         endpoints.database_url, autocommit=True
     ) as conn:
         await ensure_schema(conn, runner.projection)
-        await runner._apply(conn, messages)
+        await runner.apply(conn, messages)
         with pytest.raises(CheckpointMoved):
-            await other._apply(conn, messages)  # it still believes the checkpoint is 0
+            await other.apply(conn, messages)  # it still believes the checkpoint is 0
     await read_model_matches_event_store(endpoints.database_url, total)
+
+
+class OpenedLog:
+    """A read model of opened opportunities that can be broken on purpose."""
+
+    name = "opened_log"
+    ddl = "CREATE TABLE IF NOT EXISTS opened_log (opportunity_id uuid PRIMARY KEY)"
+    broken = True
+
+    def reads(self, subject: str) -> type[Any] | None:
+        return OpportunityOpened if subject == "erp.opportunity.opened" else None
+
+    async def apply(self, cur: Any, event: Delivered) -> None:
+        if self.broken:
+            raise RuntimeError("a bug in this projection")
+        assert event.envelope is not None
+        await cur.execute("INSERT INTO opened_log VALUES (%s) ON CONFLICT DO NOTHING",
+                          (event.envelope.data.opportunity_id,))
+
+
+async def test_one_subscription_feeds_every_projection_and_a_failing_one_does_not_stop_the_others(
+    endpoints: Endpoints, js: Any
+) -> None:
+    total = await asyncio.to_thread(record_history, endpoints.database_url, 200)
+    await publish_all(endpoints, js, total)
+    flaky = OpenedLog()
+    runners = [ProjectorRunner(OpportunitiesProjection()), ProjectorRunner(flaky)]
+    group = ProjectorGroup(runners, endpoints.database_url, js, "ERP", batch_size=50, retry_seconds=0.5)
+    notified: list[str] = []
+    async with await psycopg.AsyncConnection.connect(endpoints.database_url, autocommit=True) as listener:
+        await listener.execute(f"LISTEN {POSITIONS_CHANNEL}")
+        running = asyncio.create_task(group.run())
+        try:
+            async def opportunities_done() -> bool:
+                return await checkpoint(endpoints.database_url) == total
+
+            await eventually(opportunities_done, timeout=60)
+            assert runners[1].stream_seq == 0 and runners[1].applied_total == 0  # failing, left out
+            await read_model_matches_event_store(endpoints.database_url, total)
+            flaky.broken = False
+
+            async def flaky_done() -> int:
+                async with await psycopg.AsyncConnection.connect(endpoints.database_url) as conn:
+                    cur = await conn.execute("SELECT count(*) FROM opened_log")
+                    row = await cur.fetchone()
+                    return int(row[0]) if row and row[0] == 200 and runners[1].stream_seq == total else 0
+
+            await eventually(flaky_done, timeout=60)
+            async for notice in listener.notifies(timeout=0.5):
+                notified.append(notice.payload)
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+    assert runners[0].resubscribes == 0 and runners[1].resubscribes == 0
+    reached = {name: position for payload in notified for name, position in read_positions(payload).items()}
+    assert reached == {"opportunities": total, "opened_log": total}
