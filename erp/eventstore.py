@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +31,11 @@ EVENTS_TABLE = "erp_events"  # the application name "ERP" gives this table and N
 
 class VersionConflict(Exception):
     """Another command changed the aggregate first."""
+
+
+class Overtaken(VersionConflict):
+    """A command of this process on the same aggregate was saved after this one was decided:
+    deciding again is bound to make progress."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,9 @@ class _Waiting:
 Outcome = list[Saved] | BaseException
 
 
+RECENTLY_SAVED = 10_000  # aggregates whose last saved version the committer remembers
+
+
 class GroupCommitter:
     def __init__(self, store: ErpEventStore, max_batch: int) -> None:
         self._store = store
@@ -180,6 +188,7 @@ class GroupCommitter:
         self._waiting: deque[_Waiting] = deque()
         self._wake = asyncio.Event()
         self._stopped = False
+        self._saved: OrderedDict[UUID, int] = OrderedDict()  # recently saved here: id -> version
 
     async def save(
         self, *aggregates: Aggregate, idempotency: IdempotencyRecord | None = None
@@ -188,6 +197,8 @@ class GroupCommitter:
         answering one `Saved` per aggregate; the idempotency key goes in the same one."""
         if self._stopped:
             raise CommitterStopped("the service is not accepting commands")
+        if self._overtaken(aggregates):  # it would only clash in the database
+            raise Overtaken("changed by another command meanwhile")
         waiting = _Waiting(aggregates, asyncio.get_running_loop().create_future(), idempotency)
         self._waiting.append(waiting)
         self._wake.set()
@@ -214,27 +225,28 @@ class GroupCommitter:
             for waiting in batch:
                 _answer(waiting, unknown)
             raise
-        saved_versions: dict[UUID, int] = {}
         for waiting, outcome in zip(batch, outcomes, strict=True):
             _answer(waiting, outcome)
             if not isinstance(outcome, BaseException):
-                saved_versions.update({s.aggregate_id: s.version for s in outcome})
-        self._fail_overtaken(saved_versions)
+                for saved in outcome:
+                    self._saved[saved.aggregate_id] = saved.version
+                    self._saved.move_to_end(saved.aggregate_id)
+        while len(self._saved) > RECENTLY_SAVED:
+            self._saved.popitem(last=False)
+        self._fail_overtaken()
 
-    def _fail_overtaken(self, saved_versions: dict[UUID, int]) -> None:
-        """A command waiting on an aggregate that this batch has just changed was decided
-        on the older version: it can only clash, so it is answered now and retried."""
-        if not saved_versions:
-            return
+    def _overtaken(self, aggregates: Sequence[Aggregate]) -> bool:
+        """Decided on a version older than one this process has saved since: it can only clash."""
+        return any(a.pending_events and a.pending_events[0].originator_version <= self._saved.get(a.id, 0)
+                   for a in aggregates)
+
+    def _fail_overtaken(self) -> None:
+        """Commands waiting on an aggregate that the batch has just changed are answered now
+        (and decided again by the runner) instead of clashing in the database."""
         still: deque[_Waiting] = deque()
         for waiting in self._waiting:
-            overtaken = any(
-                a.id in saved_versions and a.pending_events
-                and a.pending_events[0].originator_version <= saved_versions[a.id]
-                for a in waiting.aggregates
-            )
-            if overtaken:
-                _answer(waiting, VersionConflict("changed by another command meanwhile"))
+            if self._overtaken(waiting.aggregates):
+                _answer(waiting, Overtaken("changed by another command meanwhile"))
             else:
                 still.append(waiting)
         self._waiting = still
