@@ -315,6 +315,7 @@ def commands(s: Servers, report: Report, seconds: int, existing: int) -> None:
                           met=rss <= 200))
     split_database_url = s.database("bench_split")
     with service(s, split_database_url, split=True) as running:
+        fixed_rate(s, running, split_database_url, rate=200, seconds=3)  # warm up
         fixed_rate_report(report, fixed_rate(s, running, split_database_url, rate=200, seconds=seconds * 2),
                           split=True)
         opportunities = f"{running.url}/api/v1/crm/opportunities"
