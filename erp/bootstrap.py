@@ -111,7 +111,8 @@ class Service:
         s, url = self.settings, self.endpoints.database_url
         if s.secret_keys is not None or s.secret_keys_file is not None:
             self.keyring = credentials.Keyring.from_settings(s)  # a bad keyring stops the start
-        self.store = await asyncio.to_thread(store_for, url, s.db_pool_size, s.snapshot_interval)
+        self.store = await asyncio.to_thread(store_for, url, s.db_pool_size, s.snapshot_interval,
+                                             s.aggregate_cache_size)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             for projection in all_projections():
                 await ensure_schema(conn, projection)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -12,8 +13,10 @@ from aggregates.opportunity import Opportunity
 from erp.eventstore import (
     CommitterStopped,
     ErpEventStore,
+    EventMetadata,
     GroupCommitter,
     VersionConflict,
+    stamp,
     store_for,
 )
 
@@ -110,3 +113,33 @@ async def test_a_stopped_committer_refuses_instead_of_hanging(store: ErpEventSto
     await asyncio.gather(task, return_exceptions=True)
     with pytest.raises(CommitterStopped):
         await asyncio.wait_for(committer.save(opportunity()), 1)
+
+
+async def test_cached_aggregates_see_other_instances_changes_and_refused_decisions_leave_no_trace(
+    database_url: str,
+) -> None:
+    """Two instances with aggregate caches on one database: each load brings the cached
+    aggregate up to date, and a decision that changed a loaded aggregate without saving
+    it leaves the cached one untouched."""
+    first = await asyncio.to_thread(store_for, database_url, 2, cache_size=100)
+    second = await asyncio.to_thread(store_for, database_url, 2, cache_size=100)
+    try:
+        opportunity = Opportunity.open(tenant_id="t", customer_id="c", title="Fleet", owner="o")
+        stamp(opportunity, EventMetadata("t", "x", "x"))
+        await asyncio.to_thread(first.save, opportunity)
+        cached: Any = await asyncio.to_thread(first.repository.get, opportunity.id)
+        assert cached.stage == "qualification"
+
+        theirs: Any = await asyncio.to_thread(second.repository.get, opportunity.id)
+        theirs.change_stage("proposal")
+        stamp(theirs, EventMetadata("t", "y", "y"))
+        await asyncio.to_thread(second.save, theirs)
+        seen: Any = await asyncio.to_thread(first.repository.get, opportunity.id)
+        assert (seen.stage, seen.version) == ("proposal", 2)
+
+        seen.change_stage("negotiation")  # decided, never saved (refused, say)
+        again: Any = await asyncio.to_thread(first.repository.get, opportunity.id)
+        assert (again.stage, again.version, again.pending_events) == ("proposal", 2, [])
+    finally:
+        first.close()
+        second.close()
