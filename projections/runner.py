@@ -293,6 +293,8 @@ class ProjectorGroup:
                     batch.append(Arrived.of(arrived.get_nowait()))
                 await self._apply(conns, active, batch)
                 active = self._active()
+                if not active:
+                    return  # every projection failed: wait for the first retry, then start again
                 self._retry_due()
         finally:
             await sub.unsubscribe()
