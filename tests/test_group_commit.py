@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from aggregates.opportunity import Opportunity
+from erp.commands import CommandContext, CommandRunner, Loader, tenancy
 from erp.eventstore import (
     CommitterStopped,
     ErpEventStore,
@@ -143,3 +145,32 @@ async def test_cached_aggregates_see_other_instances_changes_and_refused_decisio
     finally:
         first.close()
         second.close()
+
+
+async def test_a_decision_needing_nothing_from_the_database_is_decided_on_the_event_loop(
+    store: ErpEventStore, committer: GroupCommitter
+) -> None:
+    runner = CommandRunner(store, committer, retries=0)
+    ctx = CommandContext("t", EventMetadata("t", "x", "x"))
+    await tenancy.register(runner, ctx, name="T Ltd")
+    threads: list[str] = []
+
+    def open_one(load: Loader) -> Opportunity:
+        threads.append(threading.current_thread().name)
+        return Opportunity.open(tenant_id="t", customer_id="c", title="t", owner="o",
+                                stages=load.read_settings().stages)
+
+    def stage_it(load: Loader) -> Opportunity:
+        threads.append(threading.current_thread().name)
+        found = load.target(Opportunity, saved.aggregate_id)
+        found.change_stage("proposal")
+        return found
+
+    runner.settings_cache.forget("t")
+    await runner.execute(ctx, open_one)  # settings not cached yet: loaded in a thread
+    saved = await runner.execute(ctx, open_one)  # cached now: on the event loop, once
+    await runner.execute(ctx, stage_it)  # loads an aggregate: stopped on the loop, decided in a thread
+    loop_thread = threading.current_thread().name
+    assert threads[0] == loop_thread and threads[1] != loop_thread  # first: tried inline, then a thread
+    assert threads[2] == loop_thread  # second: inline only
+    assert threads[3] == loop_thread and threads[4] != loop_thread and len(threads) == 5

@@ -67,6 +67,10 @@ class TenantSuspended(Forbidden):
         super().__init__(f"tenant {tenant_id!r} is suspended: it cannot change anything")
 
 
+class NeedsLoading(Exception):
+    """A decision tried on the event loop needs the database: it is decided in a thread instead."""
+
+
 class NothingChanged(Exception):
     """The command found everything already as asked (e.g. a repeated announcement)."""
 
@@ -107,21 +111,30 @@ class SettingsCache:
         self._loaded[tenant_id] = (loaded_at, found)
         return found
 
+    def peek(self, tenant_id: str) -> TenantSettings | None:
+        """The cached settings if still fresh, without loading them."""
+        hit = self._loaded.get(tenant_id)
+        return hit[1] if hit is not None and time.monotonic() - hit[0] < self._seconds else None
+
     def forget(self, tenant_id: str) -> None:
         self._loaded.pop(tenant_id, None)
 
 
 class Loader:
-    """Loads aggregates for one decision, in a worker thread, within the tenant."""
+    """Loads aggregates for one decision, in a worker thread, within the tenant; or, `inline`
+    on the event loop, refuses to (`NeedsLoading`) and serves only cached settings."""
 
     def __init__(self, store: ErpEventStore, tenant_id: str, expected_version: int | None = None,
-                 settings_cache: SettingsCache | None = None) -> None:
+                 settings_cache: SettingsCache | None = None, *, inline: bool = False) -> None:
         self._store = store
         self.tenant_id = tenant_id
         self._expected_version = expected_version
         self._settings_cache = settings_cache
+        self._inline = inline
 
     def find(self, kind: type[A], aggregate_id: UUID) -> A | None:
+        if self._inline:
+            raise NeedsLoading
         try:
             aggregate: Aggregate = self._store.repository.get(aggregate_id)
         except AggregateNotFoundError:
@@ -160,6 +173,11 @@ class Loader:
         commands, so never to be changed (use `settings()` for that)."""
         if self._settings_cache is None:
             return self.settings()
+        if self._inline:
+            cached = self._settings_cache.peek(self.tenant_id)
+            if cached is None:
+                raise NeedsLoading
+            return cached
         return self._settings_cache.get(self.tenant_id)
 
 
@@ -204,8 +222,7 @@ class CommandRunner:
             await self.check_tenant(ctx.tenant_id, suspended_too=tenant == "known")
         clashes = overtaken = 0
         while True:
-            load = Loader(self.store, ctx.tenant_id, ctx.expected_version, self.settings_cache)
-            decided = await asyncio.to_thread(decide, load)
+            decided = await self._decide(ctx, decide)
             aggregates = (decided,) if isinstance(decided, Aggregate) else tuple(decided)
             changed = tuple(a for a in aggregates if a.pending_events)
             if not changed:
@@ -236,6 +253,17 @@ class CommandRunner:
             for event_type in recorded:
                 EVENTS.labels(event_type).inc()
             return saved, False
+
+    async def _decide(self, ctx: CommandContext, decide: Decision) -> Aggregate | Sequence[Aggregate]:
+        """On the event loop when the decision needs nothing from the database (a new
+        aggregate, say: a thread hop costs more than deciding), else in a worker thread.
+        Decisions have no effect but their result, so one stopped half-way is simply redone."""
+        try:
+            return decide(Loader(self.store, ctx.tenant_id, ctx.expected_version, self.settings_cache,
+                                 inline=True))
+        except NeedsLoading:
+            load = Loader(self.store, ctx.tenant_id, ctx.expected_version, self.settings_cache)
+            return await asyncio.to_thread(decide, load)
 
     async def check_tenant(self, tenant_id: str, *, suspended_too: bool = False) -> None:
         """Refuses a tenant the auth service never announced, or a suspended one."""
