@@ -50,6 +50,9 @@ from streams import envelope as env
 from streams.jetstream import SUBJECTS, header
 
 log = structlog.get_logger("erp.projector")
+# A batch rolled back by these (a deadlock with another instance's schema check at its start,
+# say) is applied again at once: they are transient.
+ROLLED_BACK = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 CHECKPOINT_LAG_SECONDS = 1.0  # how long a checkpoint row may trail events its projection does not read
 
 
@@ -229,7 +232,7 @@ class ProjectorGroup:
                     await runner.load_checkpoint(conns[runner])
                 try:
                     await self._consume(conns)
-                except (Resubscribe, CheckpointMoved) as reason:
+                except (Resubscribe, CheckpointMoved, *ROLLED_BACK) as reason:
                     log.warning("resubscribing from the checkpoints", reason=str(reason),
                                 stream_seq=min(r.stream_seq for r in self.runners))
 
@@ -305,7 +308,7 @@ class ProjectorGroup:
         quiet: dict[int, list[str]] = defaultdict(list)  # position -> projections that only moved to it
         again: Exception | None = None
         for runner, outcome in zip(active, outcomes, strict=True):
-            if isinstance(outcome, (Resubscribe, CheckpointMoved)):
+            if isinstance(outcome, (Resubscribe, CheckpointMoved, *ROLLED_BACK)):
                 runner.resubscribes += 1
                 again = again or outcome
             elif isinstance(outcome, Exception):
