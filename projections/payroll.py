@@ -13,11 +13,10 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-from psycopg import AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
 from aggregates.statutory import first_day, last_day
-from projections.base import Delivered
+from projections.base import Delivered, Statements
 from projections.positions import ReadModelPositions
 from projections.tenancy import tenant_rows
 from streams.events import hrm as h
@@ -199,7 +198,7 @@ class PayrollProjection:
     def reads(self, subject: str) -> type[Any] | None:
         return self._reads.get(subject)
 
-    async def apply(self, cur: AsyncCursor[Any], event: Delivered) -> None:
+    def apply(self, out: Statements, event: Delivered) -> None:
         assert event.envelope is not None
         data: Any = event.envelope.data
         tenant, at = event.envelope.tenant_id, event.envelope.timestamp
@@ -209,51 +208,51 @@ class PayrollProjection:
                 step = {"id": data.employee_id, "tenant": tenant, "v": v, "pos": pos, "at": at,
                         "basic_pay": data.basic_pay, "allowances": _jsonb(data.allowances),
                         "effective": data.hired_on[:7]}
-                await cur.execute(_HIRED, {
+                out.add(_HIRED, {
                     **step, "employee_number": data.employee_number, "name": data.name,
                     "kra_pin": data.kra_pin, "nssf_number": data.nssf_number,
                     "sha_number": data.sha_number, "employment": data.employment,
                     "hired_on": data.hired_on,
                 })
-                await cur.execute(_PAY, step)
+                out.add(_PAY, step)
             case h.EmployeePayChanged():
                 step = {"id": data.employee_id, "tenant": tenant, "v": v, "pos": pos, "at": at,
                         "basic_pay": data.basic_pay, "allowances": _jsonb(data.allowances),
                         "effective": data.effective}
-                await cur.execute(_PAY, step)
-                await cur.execute(_PAY_CHANGED, step)
+                out.add(_PAY, step)
+                out.add(_PAY_CHANGED, step)
             case h.EmployeeTerminated():
-                await cur.execute(_TERMINATED, {"id": data.employee_id, "v": v, "pos": pos,
+                out.add(_TERMINATED, {"id": data.employee_id, "v": v, "pos": pos,
                                                 "at": at, "on": data.terminated_on,
                                                 "reason": data.reason})
             case h.PayrollCreated():
-                await cur.execute(_CREATED, {"id": data.payroll_id, "tenant": tenant,
+                out.add(_CREATED, {"id": data.payroll_id, "tenant": tenant,
                                              "period": data.period, "v": v, "pos": pos, "at": at})
             case h.PayrollCalculated():
-                await self._calculated(cur, data, tenant, {"id": data.payroll_id, "v": v,
+                self._calculated(out, data, tenant, {"id": data.payroll_id, "v": v,
                                                            "pos": pos, "at": at})
             case h.PayrollApproved():
-                await cur.execute(_APPROVED, {"id": data.payroll_id, "v": v, "pos": pos, "at": at,
+                out.add(_APPROVED, {"id": data.payroll_id, "v": v, "pos": pos, "at": at,
                                               "approver": data.approver})
             case h.PayrollProcessed():
-                await cur.execute(_PROCESSED, {"id": data.payroll_id, "v": v, "pos": pos, "at": at})
+                out.add(_PROCESSED, {"id": data.payroll_id, "v": v, "pos": pos, "at": at})
             case h.PayrollPaid():
-                await cur.execute(_PAID, {"id": data.payroll_id, "v": v, "pos": pos, "at": at,
+                out.add(_PAID, {"id": data.payroll_id, "v": v, "pos": pos, "at": at,
                                           "payment_id": data.payment_id})
             case h.PayrollCancelled():
-                await cur.execute(_CANCELLED, {"id": data.payroll_id, "v": v, "pos": pos, "at": at,
+                out.add(_CANCELLED, {"id": data.payroll_id, "v": v, "pos": pos, "at": at,
                                                "reason": data.reason})
 
-    async def _calculated(
-        self, cur: AsyncCursor[Any], data: h.PayrollCalculated, tenant: str, step: dict[str, Any]
+    def _calculated(
+        self, out: Statements, data: h.PayrollCalculated, tenant: str, step: dict[str, Any]
     ) -> None:
         totals = data.totals
-        await cur.execute(_CALCULATED, {
+        out.add(_CALCULATED, {
             **step, "rules": data.rules_effective_from, "employee_count": totals.employee_count,
             **{name: getattr(totals, name) for name in TOTALS},
         })
-        await cur.execute(_STALE_PAYSLIPS, step)
-        await cur.executemany(_PAYSLIP, [
+        out.add(_STALE_PAYSLIPS, step)
+        out.add_many(_PAYSLIP, [
             {**step, "tenant": tenant, "period": data.period, "employee_id": slip.employee_id,
              "name": slip.name, "employment": slip.employment,
              "allowances": _jsonb(slip.allowances),

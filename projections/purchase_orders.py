@@ -8,9 +8,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from psycopg import AsyncCursor
-
-from projections.base import Delivered
+from projections.base import Delivered, Statements
 from streams.events import procurement as p
 
 DDL = """
@@ -183,16 +181,16 @@ class PurchaseOrdersProjection:
     def reads(self, subject: str) -> type[Any] | None:
         return self._reads.get(subject)
 
-    async def apply(self, cur: AsyncCursor[Any], event: Delivered) -> None:
+    def apply(self, out: Statements, event: Delivered) -> None:
         assert event.envelope is not None
         data: Any = event.envelope.data
         tenant, at = event.envelope.tenant_id, event.envelope.timestamp
         v = event.aggregate_version
         step = {"id": data.purchase_order_id, "v": v, "pos": event.log_position, "at": at}
 
-        async def put_lines(lines: list[p.PurchaseOrderLine], base: int) -> None:
+        def put_lines(lines: list[p.PurchaseOrderLine], base: int) -> None:
             if lines:
-                await cur.executemany(_PUT_LINE, [
+                out.add_many(_PUT_LINE, [
                     {"id": data.purchase_order_id, "tenant": tenant, "base": base,
                      **{field: getattr(line, field) for field in line.__struct_fields__}}
                     for line in lines
@@ -200,47 +198,47 @@ class PurchaseOrdersProjection:
 
         match data:
             case p.PurchaseOrderCreated():
-                await cur.execute(_CREATED, {
+                out.add(_CREATED, {
                     **step, **_totals(data.lines), "tenant": tenant, "number": data.number,
                     "vendor_id": data.vendor_id, "currency": data.currency,
                     "requested_by": data.requested_by, "required_by": data.required_by,
                     "ordered_on": data.ordered_on, "total": data.total_amount,
                 })
-                await put_lines(data.lines, v)
+                put_lines(data.lines, v)
             case p.PurchaseOrderLinesChanged():
                 # The event carries the whole set of lines after the change: replace them.
-                await cur.execute(_DROP_LINES, {"id": data.purchase_order_id, "base": v - 1})
-                await put_lines(data.lines, v - 1)
-                await cur.execute(_LINES_CHANGED, {**step, **_totals(data.lines),
+                out.add(_DROP_LINES, {"id": data.purchase_order_id, "base": v - 1})
+                put_lines(data.lines, v - 1)
+                out.add(_LINES_CHANGED, {**step, **_totals(data.lines),
                                                    "total": data.total_amount})
             case p.PurchaseOrderSubmitted():
-                await cur.execute(_SUBMITTED, {**step, "roles": list(data.required_roles),
+                out.add(_SUBMITTED, {**step, "roles": list(data.required_roles),
                                                "rate": data.exchange_rate_to_kes,
                                                "amount_kes": data.amount_kes})
             case p.PurchaseOrderApproved():
-                await cur.execute(_APPROVED, {**step, "role": data.role,
+                out.add(_APPROVED, {**step, "role": data.role,
                                               "approver_id": data.approver_id,
                                               "fully": data.fully_approved})
             case p.PurchaseOrderRejected():
-                await cur.execute(_REJECTED, {**step, "reason": data.reason})
+                out.add(_REJECTED, {**step, "reason": data.reason})
             case p.PurchaseOrderGoodsReceived():
                 for line in data.lines:
                     received = {**step, "base": v - 1, "line_no": line.line_no,
                                 "accepted": line.accepted_quantity,
                                 "rejected": line.rejected_quantity}
-                    await cur.execute(_RECEIPT_LINE, {
+                    out.add(_RECEIPT_LINE, {
                         **received, "tenant": tenant, "receipt_id": data.receipt_id,
                         "received_on": data.received_on, "item_id": line.item_id,
                         "unit": line.unit,
                     })
-                    await cur.execute(_LINE_RECEIVED, received)
-                await cur.execute(_GOODS_RECEIVED, step)
+                    out.add(_LINE_RECEIVED, received)
+                out.add(_GOODS_RECEIVED, step)
             case p.PurchaseOrderReceived():
-                await cur.execute(_RECEIVED, step)
+                out.add(_RECEIVED, step)
             case p.PurchaseOrderBillLinked():
-                await cur.execute(_BILLED, {**step, "bill_id": data.bill_id, "status": data.status})
+                out.add(_BILLED, {**step, "bill_id": data.bill_id, "status": data.status})
             case p.PurchaseOrderCancelled():
-                await cur.execute(_CANCELLED, {**step, "reason": data.reason})
+                out.add(_CANCELLED, {**step, "reason": data.reason})
             case p.PurchaseOrderClosed():
-                await cur.execute(_CLOSED, {**step, "reason": data.reason,
+                out.add(_CLOSED, {**step, "reason": data.reason,
                                             "short_closed": data.short_closed})

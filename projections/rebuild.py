@@ -31,7 +31,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from erp.eventstore import ErpEventStore
-from projections.base import POSITIONS_CHANNEL, Delivered, Projection, positions_payload
+from projections.base import POSITIONS_CHANNEL, Delivered, Projection, Statements, positions_payload
 from projections.tenancy import isolate_tenants
 from streams import envelope as env
 from streams.catalogue import PUBLICATIONS
@@ -194,14 +194,15 @@ class _Target:
         return mine
 
     async def apply(self, events: list[Delivered]) -> None:
-        async with self.conn.transaction(), self.conn.cursor() as cur, self.conn.pipeline():
-            for event in events:
-                if event.envelope is not None:
-                    await self.projection.apply(cur, event)
-            self.seq = events[-1].stream_seq
-            self.position = max(self.position, events[-1].log_position)
-            await cur.execute(f"UPDATE {PROGRESS_TABLE} SET stream_seq = %s, log_position = %s",
-                              (self.seq, self.position))
+        """The batch's changes and the progress they make, in one transaction."""
+        out = Statements(self.conn)
+        for event in events:
+            if event.envelope is not None:
+                self.projection.apply(out, event)
+        seq, position = events[-1].stream_seq, max(self.position, events[-1].log_position)
+        out.add(f"UPDATE {PROGRESS_TABLE} SET stream_seq = %s, log_position = %s", (seq, position))
+        await out.send()
+        self.seq, self.position = seq, position
 
 
 async def rebuild(database_url: str, source: Source, projection: Projection, *, batch: int = 5000,

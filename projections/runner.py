@@ -44,6 +44,7 @@ from projections.base import (
     POSITIONS_CHANNEL,
     Delivered,
     Projection,
+    Statements,
     positions_payload,
 )
 from streams import envelope as env
@@ -158,13 +159,15 @@ class ProjectorRunner:
             return False
         # One round trip: the checkpoint, the changes and the NOTIFY are sent together, and
         # the checkpoint's guard fails the whole transaction.
-        async with self._checkpoint_guard(), conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-            await self._move_checkpoint(cur, last.stream_seq, log_position)
-            for event in events:
-                if event.envelope is not None:
-                    await self.projection.apply(cur, event)
-            await cur.execute("SELECT pg_notify(%s, %s)",
-                              (POSITIONS_CHANNEL, positions_payload([self.projection.name], log_position)))
+        out = Statements(conn)
+        self._move_checkpoint(out, last.stream_seq, log_position)
+        for event in events:
+            if event.envelope is not None:
+                self.projection.apply(out, event)
+        out.add("SELECT pg_notify(%s, %s)",
+                (POSITIONS_CHANNEL, positions_payload([self.projection.name], log_position)))
+        async with self._checkpoint_guard():
+            await out.send()
         self.stream_seq, self.log_position = last.stream_seq, log_position
         self._saved_seq, self._saved_at = last.stream_seq, time.monotonic()
         self.applied_total += len(events)
@@ -178,15 +181,16 @@ class ProjectorRunner:
         when the row was last written `CHECKPOINT_LAG_SECONDS` ago or more)."""
         if not self.behind or (unless_recent and time.monotonic() - self._saved_at < CHECKPOINT_LAG_SECONDS):
             return
-        async with self._checkpoint_guard(), conn.cursor() as cur:
-            await self._move_checkpoint(cur, self.stream_seq, self.log_position)
+        out = Statements(conn)
+        self._move_checkpoint(out, self.stream_seq, self.log_position)
+        async with self._checkpoint_guard():
+            await out.send()
         self._saved_seq, self._saved_at = self.stream_seq, time.monotonic()
 
-    async def _move_checkpoint(self, cur: psycopg.AsyncCursor[Any], stream_seq: int,
-                               log_position: int) -> None:
+    def _move_checkpoint(self, out: Statements, stream_seq: int, log_position: int) -> None:
         """Guarded by the value this runner last wrote: a second runner cannot apply a batch twice."""
-        await cur.execute("SELECT erp_move_checkpoint(%s, %s, %s, %s)",
-                          (self.projection.name, self._saved_seq, stream_seq, log_position))
+        out.add("SELECT erp_move_checkpoint(%s, %s, %s, %s)",
+                (self.projection.name, self._saved_seq, stream_seq, log_position))
 
     @contextlib.asynccontextmanager
     async def _checkpoint_guard(self) -> AsyncIterator[None]:

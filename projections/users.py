@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from psycopg import AsyncCursor
-
-from projections.base import Delivered
+from projections.base import Delivered, Statements
 from streams.events.tenancy import UserReferenced
 
 DDL = """
@@ -48,10 +46,10 @@ class UsersProjection:
     def reads(self, subject: str) -> type[Any] | None:
         return self._reads.get(subject)
 
-    async def apply(self, cur: AsyncCursor[Any], event: Delivered) -> None:
+    def apply(self, out: Statements, event: Delivered) -> None:
         assert event.envelope is not None
         data: UserReferenced = event.envelope.data
-        await cur.execute(_UPSERT, {
+        out.add(_UPSERT, {
             "id": data.user_reference_id, "tenant": event.envelope.tenant_id, "user_id": data.user_id,
             "email": data.email, "name": data.name, "active": data.active,
             "v": event.aggregate_version, "pos": event.log_position, "at": event.envelope.timestamp,

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from psycopg import AsyncCursor
-
-from projections.base import Delivered
+from projections.base import Delivered, Statements
 from streams.events import manufacturing as m
 
 BOMS_DDL = """
@@ -213,24 +211,24 @@ class BomsProjection:
     def reads(self, subject: str) -> type[Any] | None:
         return self._reads.get(subject)
 
-    async def apply(self, cur: AsyncCursor[Any], event: Delivered) -> None:
+    def apply(self, out: Statements, event: Delivered) -> None:
         assert event.envelope is not None
         data: Any = event.envelope.data
         tenant, at = event.envelope.tenant_id, event.envelope.timestamp
         v, pos = event.aggregate_version, event.log_position
         match data:
             case m.BomCreated():
-                await cur.execute(_BOM_CREATED, (data.bom_id, tenant, data.product_id, v, pos, pos,
+                out.add(_BOM_CREATED, (data.bom_id, tenant, data.product_id, v, pos, pos,
                                                  at, at))
             case m.BomVersionPublished():
-                await cur.execute(_BOM_VERSION_PUBLISHED, {
+                out.add(_BOM_VERSION_PUBLISHED, {
                     "id": data.bom_id, "bom_version": data.version, "v": v, "pos": pos, "at": at,
                 })
-                await cur.execute(_BOM_VERSION, (
+                out.add(_BOM_VERSION, (
                     data.bom_id, data.version, tenant, data.product_id, data.process_loss_percent,
                     data.labour_cost_per_unit, data.overhead_percent, at,
                 ))
-                await cur.executemany(_BOM_ITEM, [
+                out.add_many(_BOM_ITEM, [
                     (data.bom_id, data.version, line, tenant, item.item_id, item.quantity_per_unit,
                      item.unit)
                     for line, item in enumerate(data.items, start=1)
@@ -257,58 +255,58 @@ class WorkOrdersProjection:
     def reads(self, subject: str) -> type[Any] | None:
         return self._reads.get(subject)
 
-    async def apply(self, cur: AsyncCursor[Any], event: Delivered) -> None:
+    def apply(self, out: Statements, event: Delivered) -> None:
         assert event.envelope is not None
         data: Any = event.envelope.data
         tenant, at = event.envelope.tenant_id, event.envelope.timestamp
         v, pos = event.aggregate_version, event.log_position
         step = {"id": data.work_order_id, "v": v, "pos": pos, "at": at}
 
-        async def recost() -> None:
-            await cur.execute(_RECOSTED, step)
+        def recost() -> None:
+            out.add(_RECOSTED, step)
 
         match data:
             case m.WorkOrderCreated():
-                await cur.execute(_CREATED, (data.work_order_id, tenant, data.product_id,
+                out.add(_CREATED, (data.work_order_id, tenant, data.product_id,
                                              data.planned_quantity, data.currency, v, pos, pos, at, at))
             case m.WorkOrderReleased():
-                await cur.execute(_RELEASED, {
+                out.add(_RELEASED, {
                     **step, "bom_id": data.bom_id, "bom_version": data.bom_version,
                     "process_loss_percent": data.process_loss_percent,
                     "labour_cost_per_unit": data.labour_cost_per_unit,
                     "overhead_percent": data.overhead_percent,
                 })
-                await cur.executemany(_MATERIAL, [
+                out.add_many(_MATERIAL, [
                     (data.work_order_id, material.item_id, tenant, line, material.unit,
                      material.quantity_per_unit, material.required_quantity)
                     for line, material in enumerate(data.materials, start=1)
                 ])
-                await recost()
+                recost()
             case m.WorkOrderStarted():
-                await cur.execute(_STARTED, step)
+                out.add(_STARTED, step)
             case m.WorkOrderMaterialConsumed():
-                await cur.execute(_CONSUMED, {**step, "item_id": data.item_id,
+                out.add(_CONSUMED, {**step, "item_id": data.item_id,
                                               "quantity": data.quantity, "cost": data.cost})
-                await recost()
+                recost()
             case m.WorkOrderProductionRecorded():
-                await cur.execute(_PRODUCED, {**step, "produced": data.produced_quantity,
+                out.add(_PRODUCED, {**step, "produced": data.produced_quantity,
                                               "scrap": data.total_scrap_quantity})
-                await recost()
+                recost()
             case m.WorkOrderLabourRecorded():
-                await cur.execute(_LABOUR, {**step, "hours": data.hours, "cost": data.cost})
-                await recost()
+                out.add(_LABOUR, {**step, "hours": data.hours, "cost": data.cost})
+                recost()
             case m.WorkOrderStopped():
-                await cur.execute(_STOPPED, {**step, "reason": data.reason})
+                out.add(_STOPPED, {**step, "reason": data.reason})
             case m.WorkOrderResumed():
-                await cur.execute(_RESUMED, step)
+                out.add(_RESUMED, step)
             case m.WorkOrderCompleted():
-                await cur.execute(_COMPLETED, {
+                out.add(_COMPLETED, {
                     **step, "produced": data.produced_quantity, "scrap": data.scrap_quantity,
                     "yield": data.production_yield, "materials_cost": data.materials_cost,
                     "labour_cost": data.labour_cost, "overhead_cost": data.overhead_cost,
                     "total_cost": data.total_cost, "unit_cost": data.unit_cost,
                 })
             case m.WorkOrderCancelled():
-                await cur.execute(_CANCELLED, {**step, "reason": data.reason})
+                out.add(_CANCELLED, {**step, "reason": data.reason})
             case m.WorkOrderClosed():
-                await cur.execute(_CLOSED, step)
+                out.add(_CLOSED, step)

@@ -13,6 +13,7 @@ import psycopg
 
 from aggregates.statutory import payslip, rules_for
 from erp.bootstrap import Service
+from projections.base import Statements
 from projections.payroll import PayrollProjection
 from projections.runner import Arrived, to_delivered
 from tests.conftest import as_user, read_stream
@@ -293,11 +294,12 @@ async def test_replaying_the_stream_changes_no_payroll_read_model_row(
     messages = await read_stream(js, processed["log_position"])
     async with await psycopg.AsyncConnection.connect(service.endpoints.database_url) as conn:
         before = await snapshot(conn)
-        async with conn.transaction(), conn.cursor() as cur:
-            for msg in messages:
-                delivered = to_delivered(projection, Arrived.of(msg))
-                if delivered.envelope is not None:
-                    await projection.apply(cur, delivered)
+        out = Statements(conn)
+        for msg in messages:
+            delivered = to_delivered(projection, Arrived.of(msg))
+            if delivered.envelope is not None:
+                projection.apply(out, delivered)
+        await out.send()
         assert await snapshot(conn) == before
     assert len(before["payslips"]) == 1
     assert [row[1:4] for row in before["employee_pay"] if row[0] == uuid.UUID(amina)] == [

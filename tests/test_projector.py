@@ -11,7 +11,7 @@ import pytest
 
 from erp.bootstrap import Endpoints
 from erp.eventstore import store_for
-from projections.base import POSITIONS_CHANNEL, Delivered, read_positions
+from projections.base import POSITIONS_CHANNEL, Delivered, Statements, read_positions
 from projections.opportunities import OpportunitiesProjection
 from projections.runner import Arrived, ProjectorGroup, ProjectorRunner, Resubscribe, ensure_schema
 from streams.events.crm import OpportunityOpened
@@ -161,12 +161,12 @@ class OpenedLog:
     def reads(self, subject: str) -> type[Any] | None:
         return OpportunityOpened if subject == "erp.opportunity.opened" else None
 
-    async def apply(self, cur: Any, event: Delivered) -> None:
+    def apply(self, out: Statements, event: Delivered) -> None:
         if self.broken:
             raise RuntimeError("a bug in this projection")
         assert event.envelope is not None
-        await cur.execute("INSERT INTO opened_log VALUES (%s) ON CONFLICT DO NOTHING",
-                          (event.envelope.data.opportunity_id,))
+        out.add("INSERT INTO opened_log VALUES (%s) ON CONFLICT DO NOTHING",
+                (event.envelope.data.opportunity_id,))
 
 
 async def test_one_subscription_feeds_every_projection_and_a_failing_one_does_not_stop_the_others(
@@ -205,3 +205,23 @@ async def test_one_subscription_feeds_every_projection_and_a_failing_one_does_no
     assert runners[0].resubscribes == 0 and runners[1].resubscribes == 0
     reached = {name: position for payload in notified for name, position in read_positions(payload).items()}
     assert reached == {"opportunities": total, "opened_log": total}
+
+
+@pytest.mark.parametrize("count", [3, Statements.PIPELINED_FROM], ids=["one query", "pipelined"])
+async def test_statements_run_all_or_nothing_with_values_kept_as_given(
+    endpoints: Endpoints, count: int
+) -> None:
+    table = f"statements_probe_{count}"
+    note = "it's 100% %s; -- not SQL\n"
+    async with await psycopg.AsyncConnection.connect(endpoints.database_url, autocommit=True) as conn:
+        await conn.execute(f"CREATE TABLE {table} (n integer PRIMARY KEY, note text)")
+        out = Statements(conn)
+        out.add_many(f"INSERT INTO {table} VALUES (%s, %s)", [(n, note) for n in range(count)])
+        await out.send()
+        assert len(out) == 0
+        out.add_many(f"INSERT INTO {table} VALUES (%s, %s)", [(count + n, "new") for n in range(count - 1)])
+        out.add(f"INSERT INTO {table} VALUES (%s, %s)", (0, "a clash"))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            await out.send()
+        cur = await conn.execute(f"SELECT count(*), count(*) FILTER (WHERE note = %s) FROM {table}", (note,))
+        assert await cur.fetchone() == (count, count)
