@@ -130,9 +130,14 @@ class ProjectorRunner:
         self.stream_seq, self.log_position = int(row[0]), int(row[1])
         self._saved_seq, self._saved_at = self.stream_seq, time.monotonic()
 
-    async def apply(self, conn: psycopg.AsyncConnection[Any], batch: Sequence[Arrived]) -> bool:
+    def reads_any(self, batch: Sequence[Arrived]) -> bool:
+        return any(self.projection.reads(arrived.subject) is not None for arrived in batch)
+
+    async def apply(self, conn: psycopg.AsyncConnection[Any], batch: Sequence[Arrived],
+                    announce: Sequence[str] = ()) -> bool:
         """Applies what it has not applied yet; whether it committed (and so NOTIFYed) anything.
-        A batch it reads nothing of only moves its position: the caller NOTIFYs that."""
+        A batch it reads nothing of only moves its position: the caller NOTIFYs that, or has it
+        `announce`d in the NOTIFY of a projection that applies the batch."""
         events: list[Delivered] = []
         next_seq = self.stream_seq + 1
         for arrived in batch:
@@ -165,7 +170,7 @@ class ProjectorRunner:
             if event.envelope is not None:
                 self.projection.apply(out, event)
         out.add("SELECT pg_notify(%s, %s)",
-                (POSITIONS_CHANNEL, positions_payload([self.projection.name], log_position)))
+                (POSITIONS_CHANNEL, positions_payload([self.projection.name, *announce], log_position)))
         async with self._checkpoint_guard():
             await out.send()
         self.stream_seq, self.log_position = last.stream_seq, log_position
@@ -308,10 +313,24 @@ class ProjectorGroup:
 
     async def _apply(self, conns: dict[ProjectorRunner, psycopg.AsyncConnection[Any]],
                      active: list[ProjectorRunner], batch: list[Arrived]) -> None:
-        outcomes = await asyncio.gather(*(r.apply(conns[r], batch) for r in active), return_exceptions=True)
+        # Those reading nothing of the batch first: they only move (no I/O), and the first
+        # projection applying the batch announces them in its own NOTIFY.
+        readers = [r for r in active if r.reads_any(batch)]
+        others = [r for r in active if r not in readers]
+        outcomes = await asyncio.gather(*(r.apply(conns[r], batch) for r in others), return_exceptions=True)
+        announced: list[ProjectorRunner] = []
+        if readers:
+            reached = max(readers[0].log_position, batch[-1].log_position)
+            announced = [r for r, outcome in zip(others, outcomes, strict=True) if outcome is False
+                         and r.stream_seq == batch[-1].stream_seq and r.log_position == reached]
+            outcomes += await asyncio.gather(
+                readers[0].apply(conns[readers[0]], batch, [r.projection.name for r in announced]),
+                *(r.apply(conns[r], batch) for r in readers[1:]), return_exceptions=True)
+            if outcomes[len(others)] is not True:
+                announced = []  # not committed: announce them below
         quiet: dict[int, list[str]] = defaultdict(list)  # position -> projections that only moved to it
         again: Exception | None = None
-        for runner, outcome in zip(active, outcomes, strict=True):
+        for runner, outcome in zip(others + readers, outcomes, strict=True):
             if isinstance(outcome, (Resubscribe, CheckpointMoved, *ROLLED_BACK)):
                 runner.resubscribes += 1
                 again = again or outcome
@@ -319,7 +338,7 @@ class ProjectorGroup:
                 self._fail(runner, outcome)
             elif isinstance(outcome, BaseException):
                 raise outcome
-            elif outcome is False and runner.stream_seq == batch[-1].stream_seq:
+            elif outcome is False and runner.stream_seq == batch[-1].stream_seq and runner not in announced:
                 quiet[runner.log_position].append(runner.projection.name)
         working = self._active()
         for position, names in quiet.items():

@@ -207,6 +207,38 @@ async def test_one_subscription_feeds_every_projection_and_a_failing_one_does_no
     assert reached == {"opportunities": total, "opened_log": total}
 
 
+class ReadsNothing(OpenedLog):
+    name = "reads_nothing"
+    broken = False
+
+    def reads(self, subject: str) -> type[Any] | None:
+        return None
+
+
+async def test_a_projection_reading_nothing_of_a_batch_is_announced_by_one_that_applies_it(
+    endpoints: Endpoints, js: Any
+) -> None:
+    total = await asyncio.to_thread(record_history, endpoints.database_url, 100)
+    await publish_all(endpoints, js, total)
+    group = ProjectorGroup([ProjectorRunner(OpportunitiesProjection()), ProjectorRunner(ReadsNothing())],
+                           endpoints.database_url, js, "ERP", batch_size=20)
+    notified: list[dict[str, int]] = []
+    async with await psycopg.AsyncConnection.connect(endpoints.database_url, autocommit=True) as listener:
+        await listener.execute(f"LISTEN {POSITIONS_CHANNEL}")
+        running = asyncio.create_task(group.run())
+        try:
+            async for notice in listener.notifies(timeout=60):
+                notified.append(read_positions(notice.payload))
+                if notified[-1].get("opportunities") == total:
+                    break
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+    assert len(notified) >= total // 20  # a NOTIFY per applied batch
+    assert all(positions.keys() == {"opportunities", "reads_nothing"} for positions in notified), notified
+    assert notified[-1] == {"opportunities": total, "reads_nothing": total}
+
+
 @pytest.mark.parametrize("count", [3, Statements.PIPELINED_FROM], ids=["one query", "pipelined"])
 async def test_statements_run_all_or_nothing_with_values_kept_as_given(
     endpoints: Endpoints, count: int
