@@ -123,7 +123,7 @@ class OpportunitiesProjection:
 
         def history(stage: str, status: str, probability: int, reason: str | None) -> None:
             out.add(_HISTORY, (data.opportunity_id, v, tenant, stage, status,
-                                         probability, reason, at))
+                               probability, reason, at))
 
         match data:
             case c.OpportunityOpened():
@@ -140,20 +140,20 @@ class OpportunitiesProjection:
                 })
             case c.OpportunityStageChanged():
                 out.add(_STAGE_CHANGED, {**step, "stage": data.stage,
-                                                   "probability": data.probability})
+                                         "probability": data.probability})
                 history(data.stage, "open", data.probability, None)
             case c.OpportunityWon():
                 out.add(_WON, {**step, "amount": data.amount})
                 out.add(_CLOSED_HISTORY, {**step, "status": "won", "probability": 100,
-                                                    "reason": None})
+                                          "reason": None})
             case c.OpportunityLost():
                 out.add(_LOST, {**step, "reason": data.reason,
-                                          "competitor": data.competitor})
+                                "competitor": data.competitor})
                 out.add(_CLOSED_HISTORY, {**step, "status": "lost", "probability": 0,
-                                                    "reason": data.reason})
+                                          "reason": data.reason})
             case c.OpportunityInvoiceLinked():
                 out.add(_INVOICED, {**step, "invoice_id": data.invoice_id, "status": data.status})
             case c.OpportunityReopened():
                 out.add(_REOPENED, {**step, "stage": data.stage,
-                                              "probability": data.probability})
+                                    "probability": data.probability})
                 history(data.stage, "open", data.probability, data.reason)

@@ -223,25 +223,25 @@ class PayrollProjection:
                 out.add(_PAY_CHANGED, step)
             case h.EmployeeTerminated():
                 out.add(_TERMINATED, {"id": data.employee_id, "v": v, "pos": pos,
-                                                "at": at, "on": data.terminated_on,
-                                                "reason": data.reason})
+                                      "at": at, "on": data.terminated_on,
+                                      "reason": data.reason})
             case h.PayrollCreated():
                 out.add(_CREATED, {"id": data.payroll_id, "tenant": tenant,
-                                             "period": data.period, "v": v, "pos": pos, "at": at})
+                                   "period": data.period, "v": v, "pos": pos, "at": at})
             case h.PayrollCalculated():
                 self._calculated(out, data, tenant, {"id": data.payroll_id, "v": v,
-                                                           "pos": pos, "at": at})
+                                                     "pos": pos, "at": at})
             case h.PayrollApproved():
                 out.add(_APPROVED, {"id": data.payroll_id, "v": v, "pos": pos, "at": at,
-                                              "approver": data.approver})
+                                    "approver": data.approver})
             case h.PayrollProcessed():
                 out.add(_PROCESSED, {"id": data.payroll_id, "v": v, "pos": pos, "at": at})
             case h.PayrollPaid():
                 out.add(_PAID, {"id": data.payroll_id, "v": v, "pos": pos, "at": at,
-                                          "payment_id": data.payment_id})
+                                "payment_id": data.payment_id})
             case h.PayrollCancelled():
                 out.add(_CANCELLED, {"id": data.payroll_id, "v": v, "pos": pos, "at": at,
-                                               "reason": data.reason})
+                                     "reason": data.reason})
 
     def _calculated(
         self, out: Statements, data: h.PayrollCalculated, tenant: str, step: dict[str, Any]

@@ -210,15 +210,15 @@ class PurchaseOrdersProjection:
                 out.add(_DROP_LINES, {"id": data.purchase_order_id, "base": v - 1})
                 put_lines(data.lines, v - 1)
                 out.add(_LINES_CHANGED, {**step, **_totals(data.lines),
-                                                   "total": data.total_amount})
+                                         "total": data.total_amount})
             case p.PurchaseOrderSubmitted():
                 out.add(_SUBMITTED, {**step, "roles": list(data.required_roles),
-                                               "rate": data.exchange_rate_to_kes,
-                                               "amount_kes": data.amount_kes})
+                                     "rate": data.exchange_rate_to_kes,
+                                     "amount_kes": data.amount_kes})
             case p.PurchaseOrderApproved():
                 out.add(_APPROVED, {**step, "role": data.role,
-                                              "approver_id": data.approver_id,
-                                              "fully": data.fully_approved})
+                                    "approver_id": data.approver_id,
+                                    "fully": data.fully_approved})
             case p.PurchaseOrderRejected():
                 out.add(_REJECTED, {**step, "reason": data.reason})
             case p.PurchaseOrderGoodsReceived():
@@ -241,4 +241,4 @@ class PurchaseOrdersProjection:
                 out.add(_CANCELLED, {**step, "reason": data.reason})
             case p.PurchaseOrderClosed():
                 out.add(_CLOSED, {**step, "reason": data.reason,
-                                            "short_closed": data.short_closed})
+                                  "short_closed": data.short_closed})

@@ -219,7 +219,7 @@ class BomsProjection:
         match data:
             case m.BomCreated():
                 out.add(_BOM_CREATED, (data.bom_id, tenant, data.product_id, v, pos, pos,
-                                                 at, at))
+                                       at, at))
             case m.BomVersionPublished():
                 out.add(_BOM_VERSION_PUBLISHED, {
                     "id": data.bom_id, "bom_version": data.version, "v": v, "pos": pos, "at": at,
@@ -268,7 +268,7 @@ class WorkOrdersProjection:
         match data:
             case m.WorkOrderCreated():
                 out.add(_CREATED, (data.work_order_id, tenant, data.product_id,
-                                             data.planned_quantity, data.currency, v, pos, pos, at, at))
+                                   data.planned_quantity, data.currency, v, pos, pos, at, at))
             case m.WorkOrderReleased():
                 out.add(_RELEASED, {
                     **step, "bom_id": data.bom_id, "bom_version": data.bom_version,
@@ -286,11 +286,11 @@ class WorkOrdersProjection:
                 out.add(_STARTED, step)
             case m.WorkOrderMaterialConsumed():
                 out.add(_CONSUMED, {**step, "item_id": data.item_id,
-                                              "quantity": data.quantity, "cost": data.cost})
+                                    "quantity": data.quantity, "cost": data.cost})
                 recost()
             case m.WorkOrderProductionRecorded():
                 out.add(_PRODUCED, {**step, "produced": data.produced_quantity,
-                                              "scrap": data.total_scrap_quantity})
+                                    "scrap": data.total_scrap_quantity})
                 recost()
             case m.WorkOrderLabourRecorded():
                 out.add(_LABOUR, {**step, "hours": data.hours, "cost": data.cost})
