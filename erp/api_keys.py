@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from erp import schema
 from erp.identity import ALL_SCOPES
 from projections.tenancy import API_ROLE, ensure_api_role
 
@@ -67,7 +68,7 @@ def _hash(secret: str) -> bytes:
 
 async def ensure_schema(conn: psycopg.AsyncConnection[Any]) -> None:
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('erp:schema'))")
+        await conn.execute(schema.LOCK)
         await ensure_api_role(conn)
         await conn.execute(DDL)
         await conn.execute(f"GRANT EXECUTE ON FUNCTION erp_api_key(text, bytea) TO {API_ROLE}")

@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
-from erp import api_keys, credentials, inbound
+from erp import api_keys, credentials, inbound, schema
 from erp.commands import CommandRunner
 from erp.embedded import EmbeddedNats, EmbeddedPostgres
 from erp.eventstore import (
@@ -54,6 +54,19 @@ def all_projections() -> list[Projection]:
     return [OpportunitiesProjection(), BomsProjection(), WorkOrdersProjection(), PayrollProjection(),
             PurchaseOrdersProjection(), UsersProjection()]
 
+
+
+async def ensure_schemas(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Every table, function and policy the service needs (an unchanged restart locks no table)."""
+    for projection in all_projections():
+        await ensure_schema(conn, projection)
+    await credentials.ensure_schema(conn)
+    async with conn.transaction():
+        await conn.execute(schema.LOCK)
+        await schema.apply_once(conn, "references", references.DDL)
+        await schema.apply_once(conn, "webhooks", webhooks.DDL)
+    await isolate_tenants(conn)
+    await api_keys.ensure_schema(conn)
 
 @dataclass(frozen=True)
 class Endpoints:
@@ -114,13 +127,7 @@ class Service:
         self.store = await asyncio.to_thread(store_for, url, s.db_pool_size, s.snapshot_interval,
                                              s.aggregate_cache_size)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            for projection in all_projections():
-                await ensure_schema(conn, projection)
-            await credentials.ensure_schema(conn)
-            await conn.execute(references.DDL)
-            await conn.execute(webhooks.DDL)
-            await isolate_tenants(conn)
-            await api_keys.ensure_schema(conn)
+            await ensure_schemas(conn)
         self.committer = GroupCommitter(self.store, s.group_commit_max)
         self.runner = CommandRunner(self.store, self.committer, s.command_retries)
         self.nc = await connect(self.endpoints.nats_url, name="erp-service")

@@ -23,6 +23,8 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 from psycopg_pool import PoolTimeout
 
+from erp import schema
+
 DDL = """
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     tenant_id text NOT NULL,
@@ -136,7 +138,7 @@ class ErpRecorder(PostgresApplicationRecorder):
 
     def _create_table(self, curs: Cursor[DictRow]) -> None:
         # Instances starting together would otherwise race on CREATE … IF NOT EXISTS.
-        curs.execute("SELECT pg_advisory_xact_lock(hashtext('erp:schema'))")
+        curs.execute(schema.LOCK)
         super()._create_table(curs)
 
     @retried_so

@@ -38,6 +38,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from erp import schema
 from projections.base import (
     CHECKPOINT_MOVED,
     CHECKPOINTS_DDL,
@@ -67,10 +68,9 @@ class CheckpointMoved(Exception):
 
 async def ensure_schema(conn: psycopg.AsyncConnection[Any], projection: Projection) -> None:
     async with conn.transaction():
-        # Instances starting together would race on CREATE … IF NOT EXISTS / OR REPLACE.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('erp:schema'))")
-        await conn.execute(CHECKPOINTS_DDL)
-        await conn.execute(projection.ddl)
+        await conn.execute(schema.LOCK)
+        await schema.apply_once(conn, "projection_checkpoints", CHECKPOINTS_DDL)
+        await schema.apply_once(conn, f"projection:{projection.name}", projection.ddl)
         await conn.execute(
             "INSERT INTO projection_checkpoints (name, stream_seq, log_position) "
             "VALUES (%s, 0, 0) ON CONFLICT (name) DO NOTHING",

@@ -13,6 +13,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from erp import schema
+
 API_ROLE = "erp_api"
 POLICY = "tenant_isolation"
 # Tables with a tenant_id that the API role never reads (API keys are checked through a
@@ -48,7 +50,7 @@ async def isolate_tenants(conn: psycopg.AsyncConnection[Any]) -> list[str]:
     """Row-level security on every read-model table (any table with a tenant_id column),
     readable by the API role; answers the tables isolated. Safe to run on every start."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('erp:schema'))")
+        await conn.execute(schema.LOCK)
         await ensure_api_role(conn)
         await conn.execute(f"GRANT USAGE ON SCHEMA {await _schema(conn)} TO {API_ROLE}")
         cur = await conn.execute(_TENANT_TABLES, (POLICY,))
