@@ -17,8 +17,12 @@ async def healthz(request: Request) -> Response:
     return JSON({"status": "ok"})
 
 
-@operation(summary="PostgreSQL and NATS are reachable (503 if not)", errors=(503,))
+@operation(summary="Can take commands: PostgreSQL reachable (503 if not); NATS reported", errors=(503,))
 async def readyz(request: Request) -> Response:
+    """Ready while PostgreSQL answers. NATS down only delays publishing (events wait in the
+    event store and the relay drains them after), so it is reported ("degraded") but does
+    not take the instance out of a load balancer: that would turn a broker outage into an
+    outage of every instance's API at once."""
     service = request.app.state.service
     checks: dict[str, str] = {}
     try:
@@ -29,8 +33,9 @@ async def readyz(request: Request) -> Response:
     except Exception as error:
         checks["postgresql"] = f"unreachable: {type(error).__name__}"
     checks["nats"] = "ok" if service.nc.is_connected else "unreachable"
-    ready = all(v == "ok" for v in checks.values())
-    return JSON({"status": "ready" if ready else "not ready", "checks": checks,
+    ready = checks["postgresql"] == "ok"
+    status = "not ready" if not ready else "ready" if checks["nats"] == "ok" else "degraded"
+    return JSON({"status": status, "checks": checks,
                  "leading": sorted(service.leading),
                  "inbound": [{"consumer": c.durable, "handled": c.handled, "parked": c.terminated,
                               "pending": c.pending} for c in service.inbound],

@@ -109,7 +109,7 @@ class ServiceProcess:
             )
 
     async def ready(self, timeout: float = 30.0) -> None:
-        """Waits for /readyz 200 (PostgreSQL and NATS reachable)."""
+        """Waits for /readyz 200 (started: PostgreSQL and NATS reached; PostgreSQL reachable)."""
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(base_url=self.url, timeout=2) as http:
             while time.monotonic() < deadline:
@@ -122,8 +122,10 @@ class ServiceProcess:
         raise AssertionError(f"{self.name} not ready within {timeout} s:\n{self.log_tail()}")
 
     async def readiness(self) -> dict[str, Any]:
+        """/readyz's body, and its status code under "code"."""
         async with httpx.AsyncClient(base_url=self.url, timeout=2) as http:
-            found: dict[str, Any] = (await http.get("/readyz")).json()
+            response = await http.get("/readyz")
+            found: dict[str, Any] = response.json() | {"code": response.status_code}
             return found
 
     async def metrics(self) -> str:

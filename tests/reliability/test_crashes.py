@@ -226,7 +226,7 @@ async def test_commands_are_accepted_while_nats_is_down_and_the_backlog_drains_a
         await asyncio.to_thread(own.nats.stop)
         down = time.monotonic()
         await asyncio.sleep(NATS_OUTAGE_SECONDS / 2)
-        not_ready = await service.readiness()
+        degraded = await service.readiness()
         await asyncio.sleep(NATS_OUTAGE_SECONDS / 2)
         backlog = await stored_events(own.postgres.url) - published_before
         await asyncio.to_thread(own.nats.start)  # the same port and data folder
@@ -241,7 +241,8 @@ async def test_commands_are_accepted_while_nats_is_down_and_the_backlog_drains_a
         await asyncio.sleep(2.0)  # commands keep flowing after the drain
     during = [a for a in load.attempts if down <= a.started and a.started + a.seconds < up]
     accepted = [a for a in during if a.acknowledged]
-    assert not_ready["checks"]["nats"] == "unreachable"
+    assert degraded["checks"]["nats"] == "unreachable"
+    assert (degraded["code"], degraded["status"]) == (200, "degraded"), "takes commands: stays in rotation"
     assert statuses(during) == {201: len(during)}, "every command during the outage is accepted"
     assert len(accepted) >= NATS_OUTAGE_SECONDS * 5, f"only {len(accepted)} commands during the outage"
     assert load.statuses() == {201: len(load.attempts)}
