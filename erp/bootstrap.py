@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
-from erp import api_keys, credentials, inbound, schema
+from erp import api_keys, credentials, idempotency, inbound, schema
 from erp.commands import CommandRunner
 from erp.embedded import EmbeddedNats, EmbeddedPostgres
 from erp.eventstore import (
@@ -180,6 +180,8 @@ class Service:
             )
             self._spawn("relay", lead(url, f"relay:{s.stream}", self.relay.run,
                                       on_change=self._leading("relay")))
+            self._spawn("idempotency-purge", idempotency.purge_expired_forever(self.owner_pool,
+                                                                               s.idempotency_key_hours))
         if s.run_projectors:
             # One leader runs every projection, from one subscription (projections/runner.py).
             self.projectors = [ProjectorRunner(projection) for projection in all_projections()]

@@ -7,6 +7,7 @@ first result and stores nothing; the same key with another request is refused.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import itertools
@@ -16,14 +17,18 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import psycopg
+import structlog
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
-from psycopg_pool import PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from erp import schema
+
+log = structlog.get_logger("erp.idempotency")
 
 DDL = """
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -39,6 +44,28 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 
 
 INBOUND_KEY_PREFIX = "inbound:"  # + event_id: the keys of other services' events' effects
+PURGE_EVERY_SECONDS = 3600.0
+
+
+async def purge_expired(conn: psycopg.AsyncConnection[Any], hours: int) -> int:
+    """Deletes the keys of requests older than `hours`; how many. Other services' events'
+    keys are kept: a stream replayed months later must still find its effects done."""
+    cur = await conn.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => %s) "
+        "AND NOT starts_with(key, %s)", (hours, INBOUND_KEY_PREFIX))
+    return cur.rowcount
+
+
+async def purge_expired_forever(pool: AsyncConnectionPool[Any], hours: int) -> None:
+    while True:
+        try:
+            async with pool.connection() as conn:
+                purged = await purge_expired(conn, hours)
+            if purged:
+                log.info("expired idempotency keys deleted", keys=purged, older_than_hours=hours)
+        except (psycopg.Error, PoolTimeout) as error:  # the database away: next time
+            log.warning("idempotency keys not purged", error=repr(error))
+        await asyncio.sleep(PURGE_EVERY_SECONDS)
 
 
 class IdempotencyKeyReused(Exception):

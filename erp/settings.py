@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         default=3, ge=0, description="Transparent retries of a command after a version clash."
     )
     group_commit_max: int = Field(default=256, ge=1, description="Commands saved per transaction.")
+    idempotency_key_hours: int = Field(
+        default=168, ge=1, description="How long an Idempotency-Key answers its request's repeats; "
+        "older keys are deleted (the keys of other services' events' effects are kept).")
     jwt_jwks_url: str | None = Field(
         default=None, description="The auth service's JWKS URL (keys cached, refetched on an unknown kid)."
     )

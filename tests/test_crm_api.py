@@ -10,6 +10,7 @@ import httpx
 import psycopg
 
 from erp.bootstrap import Service
+from erp.idempotency import purge_expired
 from tests.conftest import as_user
 
 BASE = "/api/v1/crm/opportunities"
@@ -126,6 +127,27 @@ async def test_the_same_idempotency_key_answers_the_first_result(
         cur = await conn.execute("SELECT count(*) FROM erp_events WHERE originator_id = %s",
                                  (first.json()["id"],))
         assert (await cur.fetchone()) == (2,)  # opened, won: nothing twice
+
+
+async def test_an_expired_idempotency_key_is_purged_and_a_repeat_is_a_new_request(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    body = {"customer_id": "c1", "title": "Kept a while", "owner": "alice"}
+    first = (await client.post(BASE, json=body, headers={"Idempotency-Key": "old"})).json()
+    recent = (await client.post(BASE, json=body, headers={"Idempotency-Key": "recent"})).json()
+    async with await psycopg.AsyncConnection.connect(service.endpoints.database_url, autocommit=True) as conn:
+        await conn.execute("INSERT INTO idempotency_keys (tenant_id, key, fingerprint, aggregate_id, "
+                           "version, created_at) VALUES ('tenant-a', 'inbound:an-old-event', 'f', %s, 1, "
+                           "now() - interval '400 days')", (first["id"],))
+        await conn.execute("UPDATE idempotency_keys SET created_at = now() - interval '169 hours' "
+                           "WHERE key = 'old'")
+        assert await purge_expired(conn, 168) == 1
+        cur = await conn.execute("SELECT key FROM idempotency_keys WHERE key IN ('old', 'recent') "
+                                 "OR key LIKE 'inbound:%' ORDER BY key")
+        assert await cur.fetchall() == [("inbound:an-old-event",), ("recent",)]
+    assert (await client.post(BASE, json=body, headers={"Idempotency-Key": "recent"})).json() == recent
+    again = await client.post(BASE, json=body, headers={"Idempotency-Key": "old"})
+    assert again.status_code == 201 and again.json()["id"] != first["id"]
 
 
 async def test_concurrent_requests_with_one_key_create_one_opportunity(
