@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -34,12 +34,15 @@ ROUTES = [*health.ROUTES, *metrics.ROUTES, *settings.ROUTES, *crm.ROUTES, *manuf
           *webhook_endpoints.ROUTES]
 
 
-def create_app(service: Service, *, embedded: bool = False) -> Starlette:
+def create_app(service: Service, *, embedded: bool = False,
+               started: Callable[[], None] | None = None) -> Starlette:
     """The app over `service`; `embedded`: its servers are the embedded ones, so without
-    JWT settings the development key is trusted."""
+    JWT settings the development key is trusted; `started` is called once it has started."""
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
+        if started is not None:
+            started()
         try:
             yield
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import uuid
 
@@ -47,7 +48,7 @@ def serve(host: str, port: int, workers_only: bool) -> None:
         # embedded servers stop too, where the default action would kill us first.
         signal.signal(signal.SIGTERM, _exit_on_signal)
         embedded = settings.database_url is None and settings.nats_url is None
-        app = create_app(Service(settings, endpoints), embedded=embedded)
+        app = create_app(Service(settings, endpoints), embedded=embedded, started=_freeze_start_up_objects)
         log.info("serving", url=f"http://{host}:{port}", openapi=f"http://{host}:{port}/openapi.json")
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                     lifespan="on", timeout_graceful_shutdown=10, loop="uvloop", http="httptools")
@@ -149,6 +150,15 @@ main.add_command(events)
 main.add_command(projections)
 
 
+def _freeze_start_up_objects() -> None:
+    """Leaves everything alive after start-up (modules, schemas, the app: ~970,000 objects in
+    the API process) out of the cycle collector's full collections, which then scan only what
+    serving allocates. Measured under load: full collections took 2.3 s of 36 s (~100 ms each),
+    0.4 s after; new opportunities +10-15 % (docs/performance.md)."""
+    gc.collect()
+    gc.freeze()
+
+
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -157,6 +167,7 @@ def _run_until_signal(settings: Settings, endpoints: Endpoints) -> None:
     async def run() -> None:
         service = Service(settings, endpoints)
         await service.start()
+        _freeze_start_up_objects()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
