@@ -55,7 +55,6 @@ def all_projections() -> list[Projection]:
             PurchaseOrdersProjection(), UsersProjection()]
 
 
-
 async def ensure_schemas(conn: psycopg.AsyncConnection[Any]) -> None:
     """Every table, function and policy the service needs (an unchanged restart locks no table)."""
     for projection in all_projections():
@@ -67,6 +66,7 @@ async def ensure_schemas(conn: psycopg.AsyncConnection[Any]) -> None:
         await schema.apply_once(conn, "webhooks", webhooks.DDL)
     await isolate_tenants(conn)
     await api_keys.ensure_schema(conn)
+
 
 @dataclass(frozen=True)
 class Endpoints:
