@@ -93,8 +93,6 @@ async def register(request: Request) -> Response:
             (endpoint_id, tenant, cmd.url, cmd.event_types, principal(request).subject))
         row = await cur.fetchone()
     assert row is not None
-    if service.webhooks is not None:
-        service.webhooks.forget(tenant)
     names = list(Endpoint.model_fields)
     return JSON({**dict(zip(names, row, strict=True)), "secret": secret}, status_code=201,
                 headers={"Location": f"{BASE}/{endpoint_id}"})
@@ -129,8 +127,6 @@ async def deactivate(request: Request) -> Response:
                                  "AND tenant_id = %s AND active", (endpoint_id, rq.tenant(request)))
     if cur.rowcount != 1:
         raise NotFound("webhook endpoint", endpoint_id)
-    if service.webhooks is not None:
-        service.webhooks.forget(rq.tenant(request))
     return Response(status_code=204)
 
 

@@ -168,10 +168,11 @@ class Service:
                 self.positions, s.dead_letter_stream, max_deliver=s.inbound_max_deliver)
             await self.reactions.start()
             self._spawn("reactions:treasury", self.reactions.run())
-            self.webhooks = WebhookDeliveries(self.js, s.stream, self.owner_pool, self.keyring,
+            self.webhooks = WebhookDeliveries(self.js, s.stream, url, self.owner_pool, self.keyring,
                                               max_attempts=s.inbound_max_deliver)
             await self.webhooks.start()
             self._spawn("webhooks", self.webhooks.run())
+            self._spawn("webhook-endpoints", self.webhooks.follow())
         if s.run_relay:
             self.relay = Relay(
                 self.store, url, self.nc, s.stream, batch_size=s.relay_batch_size,

@@ -3,6 +3,7 @@ the stream, once per delivery id and once per event_id; stale or unsigned ones a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -12,6 +13,7 @@ import psycopg
 
 from erp import credentials
 from erp.bootstrap import Service
+from integrations.webhooks import DURABLE, NO_ENDPOINT
 from integrations.webhooks import sign as signature
 from tests.conftest import as_user, eventually
 from tests.test_peers import Answer, StubPeer
@@ -97,3 +99,39 @@ async def test_a_registered_endpoint_gets_each_chosen_event_signed_retried_and_v
         theirs = await client.get(f"/api/v1/settings/webhooks/{endpoint}/deliveries",
                                   headers=as_user("tenant-b"))
         assert theirs.status_code == 404
+
+
+async def test_the_deliveries_consumer_fetches_only_the_event_types_of_active_endpoints(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    stream = service.settings.stream
+
+    async def filters() -> list[str]:
+        info = await service.js.consumer_info(stream, DURABLE)
+        return sorted(info.config.filter_subjects or [])
+
+    async def filtering(expected: list[str]) -> bool:
+        return await filters() == expected
+
+    await eventually(lambda: filtering([NO_ENDPOINT]))
+    before = (await service.js.consumer_info(stream, DURABLE)).delivered.stream_seq
+    opened = await client.post(OPPORTUNITIES, json={"customer_id": "c", "title": "t", "owner": "o"})
+    assert opened.status_code == 201
+    head = await asyncio.to_thread(service.store.recorder.max_notification_id)
+    await service.positions.wait("opportunities", head or 0, 10.0)  # so it is in the stream
+    info = await service.js.consumer_info(stream, DURABLE)
+    assert (info.delivered.stream_seq, info.num_pending) == (before, 0)  # nothing fetched, nothing waiting
+
+    won = await client.post("/api/v1/settings/webhooks", json={
+        "url": "https://hooks.example/won", "event_types": ["erp.opportunity.won"]})
+    lost = await client.post("/api/v1/settings/webhooks", json={
+        "url": "https://hooks.example/lost", "event_types": ["erp.opportunity.lost", "erp.opportunity.won"]},
+        headers=as_user("tenant-b"))
+    assert (won.status_code, lost.status_code) == (201, 201)
+    await eventually(lambda: filtering(["erp.opportunity.lost", "erp.opportunity.won"]))
+
+    assert (await client.delete(f"/api/v1/settings/webhooks/{won.json()['endpoint_id']}")).status_code == 204
+    await eventually(lambda: filtering(["erp.opportunity.lost", "erp.opportunity.won"]))
+    async with await psycopg.AsyncConnection.connect(service.endpoints.database_url, autocommit=True) as conn:
+        await conn.execute("UPDATE webhook_endpoints SET active = false")  # an operator's change, too
+    await eventually(lambda: filtering([NO_ENDPOINT]))
