@@ -274,6 +274,7 @@ class GroupCommitter:
         keys = [w.idempotency for w in batch if w.idempotency is not None]
         try:
             recordings = self._store.save(*everything, idempotency=keys)
+            self._cache(everything)
             return [[_saved(a, recordings) for a in w.aggregates] for w in batch]
         except IntegrityError:
             for waiting, events in zip(batch, pending, strict=True):
@@ -283,6 +284,16 @@ class GroupCommitter:
                     for w, events in zip(batch, pending, strict=True)]
         except Exception as error:
             return [error for _ in batch]
+
+    def _cache(self, saved: Sequence[Aggregate]) -> None:
+        """Saved aggregates go into the store's cache as saved (the library leaves them out
+        when it fast-forwards cached ones): the next command on one loads only newer events
+        instead of the whole aggregate. Nothing uses the saved objects after this; a cached
+        one is only ever handed out as a copy, fast-forwarded first."""
+        cache = self._store.repository.cache
+        if cache is not None:
+            for aggregate in saved:
+                cache.put(aggregate.id, aggregate)
 
     def _save_one(
         self,
@@ -294,6 +305,7 @@ class GroupCommitter:
             recordings = self._store.save(
                 *aggregates, idempotency=[idempotency] if idempotency else []
             )
+            self._cache(aggregates)
             return [_saved(a, recordings) for a in aggregates]
         except IntegrityError:
             # The library retries a save whose connection broke: if the first try had

@@ -147,6 +147,36 @@ async def test_cached_aggregates_see_other_instances_changes_and_refused_decisio
         second.close()
 
 
+async def test_an_aggregate_saved_here_is_cached_as_saved_and_still_brought_up_to_date(
+    database_url: str,
+) -> None:
+    """The next command on an aggregate this process saved loads only newer events (the
+    library leaves saved aggregates out of a fast-forwarding cache)."""
+    store = await asyncio.to_thread(store_for, database_url, 2, cache_size=100)
+    other = await asyncio.to_thread(store_for, database_url, 2, cache_size=100)
+    committer = GroupCommitter(store, max_batch=64)
+    task = asyncio.create_task(committer.run())
+    try:
+        assert store.repository.cache is not None
+        mine = opportunity()
+        stamp(mine, EventMetadata("t", "x", "x"))
+        await committer.save(mine)
+        cached: Any = store.repository.cache.get(mine.id)  # KeyError if left out
+        assert (cached.id, cached.version) == (mine.id, 1)
+
+        theirs: Any = await asyncio.to_thread(other.repository.get, mine.id)
+        theirs.change_stage("proposal")
+        stamp(theirs, EventMetadata("t", "y", "y"))
+        await asyncio.to_thread(other.save, theirs)
+        seen: Any = await asyncio.to_thread(store.repository.get, mine.id)
+        assert (seen.stage, seen.version) == ("proposal", 2) and seen is not cached
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        store.close()
+        other.close()
+
+
 async def test_a_decision_needing_nothing_from_the_database_is_decided_on_the_event_loop(
     store: ErpEventStore, committer: GroupCommitter
 ) -> None:
