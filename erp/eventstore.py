@@ -23,6 +23,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresFactory
 
+from erp import schema
 from erp.idempotency import IdempotencyRecord, retried_unless_unreachable
 from erp.snapshots import TypedSnapshot
 
@@ -105,7 +106,7 @@ def eventsourcing_env(database_url: str, pool_size: int) -> dict[str, str]:
     }
 
 
-class AggregateRecorder(PostgresAggregateRecorder):
+class AggregateRecorder(schema.CreatedOnce, PostgresAggregateRecorder):
     """The library's recorder of aggregate events (snapshots), answering at once when the
     database is unreachable, as the event store's own recorder does (erp/idempotency.py)."""
 

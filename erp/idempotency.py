@@ -21,8 +21,6 @@ import psycopg
 import structlog
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
-from psycopg import Cursor
-from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -147,7 +145,7 @@ END $$
 """
 
 
-class ErpRecorder(PostgresApplicationRecorder):
+class ErpRecorder(schema.CreatedOnce, PostgresApplicationRecorder):
     """The library's recorder, storing events with idempotency keys in one round trip."""
 
     select_events = retried_unless_unreachable(PostgresApplicationRecorder.select_events)
@@ -162,11 +160,6 @@ class ErpRecorder(PostgresApplicationRecorder):
         self._insert = SQL("SELECT * FROM {}(%s::uuid[], %s::integer[], %s::text[], %s::bytea[], "
                            "%s::text[], %s::text[], %s::text[], %s::uuid[], %s::bigint[])"
                            ).format(self.insert_function)
-
-    def _create_table(self, curs: Cursor[DictRow]) -> None:
-        # Instances starting together would otherwise race on CREATE … IF NOT EXISTS.
-        curs.execute(schema.LOCK)
-        super()._create_table(curs)
 
     @retried_so
     def insert_events(self, stored_events: Sequence[StoredEvent], *,

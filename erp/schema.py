@@ -14,6 +14,7 @@ import hashlib
 from typing import Any
 
 import psycopg
+from psycopg.sql import Composed
 
 # Instances starting together would race on CREATE … IF NOT EXISTS / OR REPLACE.
 LOCK = "SELECT pg_advisory_xact_lock(hashtext('erp:schema'))"
@@ -28,15 +29,42 @@ CREATE TABLE IF NOT EXISTS erp_schema_applied (
 """
 
 
+_SEEN = "SELECT 1 FROM erp_schema_applied WHERE name = %s AND digest = %s"
+_RECORD = "INSERT INTO erp_schema_applied (name, digest) VALUES (%s, %s)"
+
+
+def _digest(ddl: str) -> str:
+    return hashlib.sha256(ddl.encode()).hexdigest()
+
+
 async def apply_once(conn: psycopg.AsyncConnection[Any], name: str, ddl: str) -> bool:
     """Runs `ddl` unless this exact text was applied under `name` before; whether it ran.
     Inside the caller's transaction, which must hold `LOCK`."""
-    digest = hashlib.sha256(ddl.encode()).hexdigest()
+    digest = _digest(ddl)
     await conn.execute(_APPLIED)
-    cur = await conn.execute("SELECT 1 FROM erp_schema_applied WHERE name = %s AND digest = %s",
-                             (name, digest))
+    cur = await conn.execute(_SEEN, (name, digest))
     if await cur.fetchone() is not None:
         return False
     await conn.execute(ddl)
-    await conn.execute("INSERT INTO erp_schema_applied (name, digest) VALUES (%s, %s)", (name, digest))
+    await conn.execute(_RECORD, (name, digest))
     return True
+
+
+class CreatedOnce:
+    """For the library's recorders: their tables, indexes and functions are created once per
+    text. The library runs `CREATE UNIQUE INDEX IF NOT EXISTS` on the event store's table at
+    every start, which waits for a SHARE lock: behind every save in flight, and every save
+    after it waits too."""
+
+    events_table_name: str
+    sql_create_statements: list[Composed]
+
+    def _create_table(self, curs: psycopg.Cursor[Any]) -> None:
+        curs.execute(LOCK)
+        name = f"recorder:{self.events_table_name}"
+        digest = _digest(";\n".join(s.as_string(curs) for s in self.sql_create_statements))
+        curs.execute(_APPLIED)
+        if curs.execute(_SEEN, (name, digest)).fetchone() is not None:
+            return
+        super()._create_table(curs)  # type: ignore[misc]
+        curs.execute(_RECORD, (name, digest))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 
 from erp.bootstrap import all_projections, ensure_schemas
+from erp.eventstore import store_for
 from projections.opportunities import OpportunitiesProjection
 from projections.runner import ensure_schema
 
@@ -39,3 +42,21 @@ async def test_a_changed_schema_text_is_applied_once(database_url: str) -> None:
         cur = await conn.execute("SELECT count(*) FROM erp_schema_applied "
                                  "WHERE name = 'projection:opportunities'")
         assert await cur.fetchone() == (2,)  # the first text and the widened one, each once
+
+
+async def test_an_event_store_starting_beside_saves_in_flight_waits_for_none(database_url: str) -> None:
+    """The library creates its index with `CREATE UNIQUE INDEX IF NOT EXISTS` at every start,
+    which waited for a SHARE lock behind every save in flight (and held up the saves after)."""
+    first = await asyncio.to_thread(store_for, database_url, 2)
+    first.close()
+    async with await psycopg.AsyncConnection.connect(database_url) as saving:
+        await saving.execute("LOCK TABLE erp_events, erp_snapshots IN ROW EXCLUSIVE MODE")
+        try:
+            second = await asyncio.wait_for(asyncio.to_thread(store_for, database_url, 2), timeout=10)
+        finally:
+            await saving.rollback()
+    second.close()
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute("SELECT name FROM erp_schema_applied WHERE name LIKE 'recorder:%' "
+                                 "ORDER BY name")
+        assert await cur.fetchall() == [("recorder:erp_events",), ("recorder:erp_snapshots",)]
