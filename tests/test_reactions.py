@@ -43,10 +43,11 @@ async def test_won_and_received_become_one_invoice_and_one_bill_each_recorded_he
         await client.post(f"{ORDERS}/{order}/receive",
                           json={"lines": [{"line_no": 1, "accepted_quantity": 10}]})
 
-        async def linked() -> bool:
+        async def linked() -> bool:  # (a 404 while the read models catch up)
             opportunity = (await client.get(f"{OPPORTUNITIES}/{mine}")).json()
             purchase = (await client.get(f"{ORDERS}/{order}")).json()
-            return bool(opportunity["invoice_id"] == "INV-REST-1" and purchase["bill_id"] == "BILL-REST-1")
+            invoiced, billed = opportunity.get("invoice_id"), purchase.get("bill_id")
+            return bool(invoiced == "INV-REST-1" and billed == "BILL-REST-1")
         await eventually(linked, timeout=20)
 
         invoices = [s for s in treasury.seen if s.path == "/api/v1/treasury/invoices"]
