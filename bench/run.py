@@ -408,6 +408,7 @@ def relay_catch_up(s: Servers, report: Report, events: int) -> None:
         process = subprocess.Popen(  # noqa: ASYNC220 - started once, before the clock runs
             [sys.executable, "-m", "erp", "relay"], env=s.env(database_url), cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
         async def published() -> int:
             try:
                 return int((await js.stream_info("ERP")).state.messages)
@@ -454,6 +455,7 @@ def live_projection_catch_up(s: Servers, report: Report, database_url: str, tota
     print("live projection catch-up", flush=True)
     process = subprocess.Popen([sys.executable, "-m", "erp", "project"], env=s.env(database_url), cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     async def projected() -> tuple[float, float]:
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
             async def applied() -> int:
