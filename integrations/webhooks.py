@@ -14,7 +14,6 @@ consumer, a few milliseconds later.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -23,13 +22,13 @@ from collections import defaultdict
 from typing import Any
 
 import httpx
-import psycopg
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
 
 from erp import credentials
+from erp.listening import listen_forever
 from streams.inbound import backoff, consume_durable
 
 log = structlog.get_logger("erp.webhooks")
@@ -114,20 +113,11 @@ class WebhookDeliveries:
     async def follow(self) -> None:
         """Follows the endpoints' changes for ever (a task of its own beside `run`): reads them
         again at each NOTIFY, and after a lost connection, when one may have been missed."""
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._database_url, autocommit=True, application_name="erp-webhooks"
-                ) as listening:
-                    await listening.execute(f"LISTEN {CHANGED}")
-                    await self.start()
-                    async for _ in listening.notifies():
-                        await self.start()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("webhook endpoints not followed; trying again", error=repr(error))
-                await asyncio.sleep(1.0)
+        async def changed(_: Any) -> None:
+            await self.start()
+
+        await listen_forever(self._database_url, CHANGED, name="erp-webhooks", caught_up=changed,
+                             notified=changed)
 
     async def _deliver(self, msg: Any) -> None:
         event = _summary(msg.data)

@@ -11,11 +11,9 @@ import asyncio
 from typing import Any
 
 import psycopg
-import structlog
 
+from erp.listening import listen_forever
 from projections.base import POSITIONS_CHANNEL, read_positions
-
-log = structlog.get_logger("erp.positions")
 
 
 class NotCaughtUp(Exception):
@@ -39,23 +37,11 @@ class ReadModelPositions:
         return self._positions.get(projection, 0)
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self._listen()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("position listener reconnecting", error=repr(error))
-                await asyncio.sleep(1.0)
+        async def notified(payload: str) -> None:
+            await self._advance(read_positions(payload))
 
-    async def _listen(self) -> None:
-        async with await psycopg.AsyncConnection.connect(
-            self._database_url, autocommit=True, application_name="erp-positions"
-        ) as conn:
-            await conn.execute(f"LISTEN {POSITIONS_CHANNEL}")
-            await self._reload(conn)
-            async for notify in conn.notifies():
-                await self._advance(read_positions(notify.payload))
+        await listen_forever(self._database_url, POSITIONS_CHANNEL, name="erp-positions",
+                             caught_up=self._reload, notified=notified)
 
     async def _reload(self, conn: psycopg.AsyncConnection[Any]) -> None:
         try:
