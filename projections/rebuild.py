@@ -228,10 +228,24 @@ async def rebuild_many(database_url: str, source: Source, projections: Sequence[
             await conn.execute(f"SET search_path TO {schema}, public")  # other tables read as live
             targets.append(_Target(projection, conn, seq, position))
         end = await source.end()
-        async for events in source.batches(min(t.seq for t in targets), end, batch):
-            await asyncio.gather(*(t.apply(mine) for t in targets if (mine := t.delivered(events))))
-            if progress is not None:
-                progress(events[-1].stream_seq, max(end, events[-1].stream_seq))
+        applying: asyncio.Future[Any] | None = None  # the batch PostgreSQL is applying
+
+        async def applied() -> None:
+            if applying is not None:
+                await applying
+                if progress is not None:
+                    progress(min(t.seq for t in targets), end)
+
+        try:
+            async for events in source.batches(min(t.seq for t in targets), end, batch):
+                work = [(t, mine) for t in targets if (mine := t.delivered(events))]  # meanwhile
+                await applied()
+                applying = asyncio.gather(*(t.apply(mine) for t, mine in work))
+            await applied()
+        finally:
+            if applying is not None:
+                applying.cancel()
+                await asyncio.gather(applying, return_exceptions=True)
         seconds = time.perf_counter() - started
         for target in targets:
             await target.conn.execute("SET search_path TO DEFAULT")

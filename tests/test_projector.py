@@ -257,3 +257,10 @@ async def test_statements_run_all_or_nothing_with_values_kept_as_given(
             await out.send()
         cur = await conn.execute(f"SELECT count(*), count(*) FILTER (WHERE note = %s) FROM {table}", (note,))
         assert await cur.fetchone() == (count, count)
+        # The connection goes on after a failed transaction, with named values and NULLs too.
+        out.add_many(f"UPDATE {table} SET note = %(note)s WHERE n = %(n)s",
+                     [{"n": n, "note": None if n % 2 else "again"} for n in range(count)])
+        await out.send()
+        cur = await conn.execute(f"SELECT count(*) FILTER (WHERE note = 'again'), count(*) FILTER "
+                                 f"(WHERE note IS NULL) FROM {table}")
+        assert await cur.fetchone() == ((count + 1) // 2, count // 2)
