@@ -226,6 +226,9 @@ async def rebuild_many(database_url: str, source: Source, projections: Sequence[
             schema = f"rebuild_{projection.name}"
             seq, position = await _prepare(conn, schema, projection, source, interrupted)
             await conn.execute(f"SET search_path TO {schema}, public")  # other tables read as live
+            # A batch commits with its progress: after a crash the rebuild resumes from the last
+            # batch that survived, so it need not wait for the disk.
+            await conn.execute("SET synchronous_commit TO off")
             targets.append(_Target(projection, conn, seq, position))
         end = await source.end()
         applying: asyncio.Future[Any] | None = None  # the batch PostgreSQL is applying
@@ -246,6 +249,7 @@ async def rebuild_many(database_url: str, source: Source, projections: Sequence[
             if applying is not None:
                 applying.cancel()
                 await asyncio.gather(applying, return_exceptions=True)
+        await asyncio.gather(*(_build_deferred_indexes(t.conn, t.schema) for t in targets))
         seconds = time.perf_counter() - started
         for target in targets:
             await target.conn.execute("SET search_path TO DEFAULT")
@@ -274,6 +278,8 @@ async def _prepare(conn: psycopg.AsyncConnection[Any], schema: str, projection: 
     if found is not None and interrupted == "resume":
         if found[0] != source.name:
             raise InterruptedRebuild(projection.name, *found)
+        await conn.execute(f"ALTER TABLE {schema}.{PROGRESS_TABLE} "  # left by a version without it
+                           "ADD COLUMN IF NOT EXISTS deferred_indexes text[] NOT NULL DEFAULT '{{}}'")
         cur = await conn.execute(f"SELECT stream_seq, log_position FROM {schema}.{PROGRESS_TABLE}")
         row = await cur.fetchone()
         assert row is not None
@@ -284,9 +290,28 @@ async def _prepare(conn: psycopg.AsyncConnection[Any], schema: str, projection: 
         await conn.execute(f"SET LOCAL search_path TO {schema}, public")
         await conn.execute(projection.ddl)
         await conn.execute(f"CREATE TABLE {PROGRESS_TABLE} (source text NOT NULL, "
-                           "stream_seq bigint NOT NULL, log_position bigint NOT NULL)")
-        await conn.execute(f"INSERT INTO {PROGRESS_TABLE} VALUES (%s, 0, 0)", (source.name,))
+                           "stream_seq bigint NOT NULL, log_position bigint NOT NULL, "
+                           "deferred_indexes text[] NOT NULL)")
+        # Indexes other than the unique ones (which the changes' ON CONFLICT and lookups use)
+        # are built once the rows are in: far cheaper than keeping them up to date row by row.
+        cur = await conn.execute(
+            "SELECT coalesce(array_agg(pg_get_indexdef(i.indexrelid)), '{}'), "
+            "coalesce(array_agg(format('%%I.%%I', n.nspname, c.relname)), '{}') "
+            "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND NOT i.indisunique",
+            (schema,))
+        definitions, names = await cur.fetchone() or ([], [])
+        for name in names:
+            await conn.execute(f"DROP INDEX {name}")
+        await conn.execute(f"INSERT INTO {PROGRESS_TABLE} VALUES (%s, 0, 0, %s)", (source.name, definitions))
     return 0, 0
+
+
+async def _build_deferred_indexes(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    cur = await conn.execute(f"SELECT deferred_indexes FROM {schema}.{PROGRESS_TABLE}")
+    row = await cur.fetchone()
+    for definition in row[0] if row else []:
+        await conn.execute(definition)
 
 
 async def discard(conn: psycopg.AsyncConnection[Any], name: str) -> bool:

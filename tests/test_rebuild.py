@@ -23,9 +23,14 @@ TABLES = ("opportunities", "opportunity_stage_history", "purchase_orders", "purc
 
 
 async def rows(service: Service) -> dict[str, list[str]]:
+    """The read models' rows, and their indexes (a rebuild builds some only once its rows are in)."""
     async with await psycopg.AsyncConnection.connect(service.endpoints.database_url) as conn:
-        return {table: [r[0] for r in await (await conn.execute(
+        found = {table: [r[0] for r in await (await conn.execute(
             f"SELECT row_to_json(t)::text FROM {table} t ORDER BY 1")).fetchall()] for table in TABLES}
+        cur = await conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' "
+                                 "AND tablename = ANY(%s) ORDER BY 1", (list(TABLES),))
+        found["indexes"] = [r[0] for r in await cur.fetchall()]
+        return found
 
 
 async def caught_up(service: Service) -> None:
