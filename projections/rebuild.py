@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -239,13 +240,22 @@ async def rebuild_many(database_url: str, source: Source, projections: Sequence[
                 if progress is not None:
                     progress(min(t.seq for t in targets), end)
 
+        # A rebuild makes and drops millions of objects, freed as their last reference goes;
+        # CPython's cycle collector, run every 700 allocations, took ~40 % of the rebuild's CPU
+        # (100,000 events: 11-13k events/s without it, 7-8k with). During a rebuild it runs
+        # once per batch, on the young objects.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             async for events in source.batches(min(t.seq for t in targets), end, batch):
+                gc.collect(1)
                 work = [(t, mine) for t in targets if (mine := t.delivered(events))]  # meanwhile
                 await applied()
                 applying = asyncio.gather(*(t.apply(mine) for t, mine in work))
             await applied()
         finally:
+            if collecting:
+                gc.enable()
             if applying is not None:
                 applying.cancel()
                 await asyncio.gather(applying, return_exceptions=True)
