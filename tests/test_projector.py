@@ -239,7 +239,7 @@ async def test_a_projection_reading_nothing_of_a_batch_is_announced_by_one_that_
     assert notified[-1] == {"opportunities": total, "reads_nothing": total}
 
 
-@pytest.mark.parametrize("count", [3, Statements.PIPELINED_FROM], ids=["one query", "pipelined"])
+@pytest.mark.parametrize("count", [3, 200])
 async def test_statements_run_all_or_nothing_with_values_kept_as_given(
     endpoints: Endpoints, count: int
 ) -> None:
