@@ -37,7 +37,7 @@ from projections.tenancy import isolate_tenants
 from streams import envelope as env
 from streams.catalogue import PUBLICATIONS
 from streams.jetstream import SUBJECTS, header
-from streams.relay import to_message
+from streams.relay import encoded, to_message
 
 Progress = Callable[[int, int], None]  # (position reached, position to reach)
 Interrupted = Literal["refuse", "resume", "discard"]
@@ -112,7 +112,7 @@ class EventStoreSource:
         return to_message(self._store, self._row(notification)).subject
 
     def _payload(self, notification: Any) -> bytes:
-        return to_message(self._store, self._row(notification)).payload
+        return encoded(self._store, self._row(notification)).payload
 
     @staticmethod
     def _row(notification: Any) -> dict[str, Any]:

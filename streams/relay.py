@@ -19,7 +19,8 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+from uuid import UUID
 
 import psycopg
 import structlog
@@ -31,6 +32,7 @@ from nats.js.errors import NotFoundError
 from erp.eventstore import EVENTS_TABLE, ErpEventStore, event_metadata
 from streams import envelope as env
 from streams.catalogue import PUBLICATIONS
+from streams.events.base import Publication
 from streams.jetstream import header
 from streams.publisher import Ack, PipelinedPublisher, PublishRefused
 
@@ -68,6 +70,35 @@ class StreamHead:
 
 
 def to_message(store: ErpEventStore, row: dict[str, Any]) -> OutgoingMessage:
+    event = encoded(store, row)
+    event_id = str(event.event_id)
+    position = int(row["notification_id"])
+    return OutgoingMessage(
+        position=position,
+        subject=event.publication.subject,
+        payload=event.payload,
+        headers={
+            env.MSG_ID: event_id,
+            env.AGGREGATE_ID: str(row["originator_id"]),
+            env.AGGREGATE_TYPE: event.publication.aggregate_type,
+            env.AGGREGATE_VERSION: str(row["originator_version"]),
+            env.LOG_POSITION: str(position),
+            env.CORRELATION_ID: event.metadata.get("correlation_id", event_id),
+            env.CAUSATION_ID: event.metadata.get("causation_id", event_id),
+            env.SCHEMA_VERSION: str(event.publication.schema_version),
+        },
+    )
+
+
+class Encoded(NamedTuple):
+    publication: Publication
+    metadata: dict[str, str]
+    event_id: UUID
+    payload: bytes  # the envelope as published
+
+
+def encoded(store: ErpEventStore, row: dict[str, Any]) -> Encoded:
+    """A stored event (a row of the events table) as it is published, without the headers."""
     stored = StoredEvent(
         originator_id=row["originator_id"],
         originator_version=row["originator_version"],
@@ -77,34 +108,17 @@ def to_message(store: ErpEventStore, row: dict[str, Any]) -> OutgoingMessage:
     domain_event: Any = store.mapper.to_domain_event(stored)
     publication = PUBLICATIONS[type(domain_event)]
     metadata = event_metadata(domain_event)
-    aggregate_id = stored.originator_id
-    uuid = env.event_id(aggregate_id, stored.originator_version)  # type: ignore[arg-type]
-    event_id = str(uuid)
+    event_id = env.event_id(row["originator_id"], stored.originator_version)
     payload = env.encode(
         env.Envelope(
-            event_id=uuid,
+            event_id=event_id,
             event_type=publication.subject,
             tenant_id=metadata.get("tenant_id", ""),
             timestamp=domain_event.timestamp,
             data=publication.to_payload(domain_event),
         )
     )
-    position = int(row["notification_id"])
-    return OutgoingMessage(
-        position=position,
-        subject=publication.subject,
-        payload=payload,
-        headers={
-            env.MSG_ID: event_id,
-            env.AGGREGATE_ID: str(aggregate_id),
-            env.AGGREGATE_TYPE: publication.aggregate_type,
-            env.AGGREGATE_VERSION: str(stored.originator_version),
-            env.LOG_POSITION: str(position),
-            env.CORRELATION_ID: metadata.get("correlation_id", event_id),
-            env.CAUSATION_ID: metadata.get("causation_id", event_id),
-            env.SCHEMA_VERSION: str(publication.schema_version),
-        },
-    )
+    return Encoded(publication, metadata, event_id, payload)
 
 
 async def stream_head(js: JetStreamContext, stream: str) -> StreamHead:
