@@ -37,7 +37,7 @@ from projections.tenancy import isolate_tenants
 from streams import envelope as env
 from streams.catalogue import PUBLICATIONS
 from streams.jetstream import SUBJECTS, header
-from streams.relay import encoded, to_message
+from streams.relay import SELECT_EVENTS_UP_TO, encoded
 
 Progress = Callable[[int, int], None]  # (position reached, position to reach)
 Interrupted = Literal["refuse", "resume", "discard"]
@@ -101,24 +101,21 @@ class EventStoreSource:
 
     async def batches(self, after: int, end: int, size: int) -> AsyncIterator[list[Read]]:
         while after < end:
-            select = self._store.recorder.select_notifications
-            notifications = await asyncio.to_thread(select, after + 1, size, stop=end)
-            if not notifications:
+            rows = await asyncio.to_thread(self._select, after, end, size)
+            if not rows:
                 return
-            yield [Read(n.id, n.id, _SUBJECTS.get(n.topic) or self._subject(n), n.originator_version,
-                        functools.partial(self._payload, n)) for n in notifications]
-            after = notifications[-1].id
+            yield [Read(row["notification_id"], row["notification_id"], _SUBJECTS.get(row["topic"])
+                        or encoded(self._store, row).publication.subject, row["originator_version"],
+                        functools.partial(self._payload, row)) for row in rows]
+            after = rows[-1]["notification_id"]
 
-    def _subject(self, notification: Any) -> str:
-        return to_message(self._store, self._row(notification)).subject
+    def _select(self, after: int, end: int, size: int) -> list[dict[str, Any]]:
+        with self._store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+            rows: list[dict[str, Any]] = conn.execute(SELECT_EVENTS_UP_TO, (after, end, size)).fetchall()
+            return rows
 
-    def _payload(self, notification: Any) -> bytes:
-        return encoded(self._store, self._row(notification)).payload
-
-    @staticmethod
-    def _row(notification: Any) -> dict[str, Any]:
-        row: dict[str, Any] = vars(notification) | {"notification_id": notification.id}
-        return row
+    def _payload(self, row: dict[str, Any]) -> bytes:
+        return encoded(self._store, row).payload
 
 
 class StreamSource:

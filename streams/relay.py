@@ -38,10 +38,10 @@ from streams.publisher import Ack, PipelinedPublisher, PublishRefused
 
 log = structlog.get_logger("erp.relay")
 
-_SELECT = (
-    f"SELECT notification_id, originator_id, originator_version, topic, state "
-    f"FROM {EVENTS_TABLE} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
-)
+_COLUMNS = f"SELECT notification_id, originator_id, originator_version, topic, state FROM {EVENTS_TABLE}"
+_SELECT = f"{_COLUMNS} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+SELECT_EVENTS_UP_TO = (  # (after, up to, limit)
+    f"{_COLUMNS} WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id LIMIT %s")
 
 
 class StreamRefused(Exception):
