@@ -138,23 +138,35 @@ async def _pipelined(conn: psycopg.AsyncConnection[Any], queued: list[tuple[str,
     prepared = _PREPARED.get(conn)
     if prepared is None:
         prepared = _PREPARED[conn] = _Prepared(Transformer(conn))
-    dump, names = prepared.transformer.dump_sequence, prepared.names
+    tx, names = prepared.transformer, prepared.names
     new: list[tuple[str, tuple[int, ...]]] = []
+    # Bound first: a value that cannot be adapted fails here, with nothing sent.
+    bound: list[tuple[bytes, bytes | None, Any, Any]] = []  # (name, text to prepare, values, formats)
+    try:
+        for query, params in queued:
+            text, named, count = _numbered(query)
+            values = tx.dump_sequence([params[name] for name in named] if named else params or (),
+                                      [PyFormat.AUTO] * count)
+            key = (query, tuple(tx.types or ()))
+            name = names.get(key)
+            if name is None:
+                name = names[key] = b"erp_%d" % len(names)
+                new.append(key)
+                bound.append((name, text, key[1], None))
+            bound.append((name, None, values, tx.formats))
+    except BaseException:
+        for key in new:
+            del names[key]
+        raise
     pgconn = conn.pgconn
     async with conn.lock:
         pgconn.enter_pipeline_mode()
         try:
-            for query, params in queued:
-                text, named, count = _numbered(query)
-                values = dump([params[name] for name in named] if named else params or (),
-                              [PyFormat.AUTO] * count)
-                key = (query, tuple(prepared.transformer.types or ()))
-                name = names.get(key)
-                if name is None:
-                    name = names[key] = b"erp_%d" % len(names)
-                    new.append(key)
-                    pgconn.send_prepare(name, text, param_types=key[1])
-                pgconn.send_query_prepared(name, values, param_formats=prepared.transformer.formats)
+            for statement, to_prepare, values, formats in bound:
+                if to_prepare is None:
+                    pgconn.send_query_prepared(statement, values, param_formats=formats)
+                else:
+                    pgconn.send_prepare(statement, to_prepare, param_types=values)
             pgconn.pipeline_sync()
             failed = await conn.wait(_results(pgconn))
         except BaseException:

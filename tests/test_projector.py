@@ -264,3 +264,9 @@ async def test_statements_run_all_or_nothing_with_values_kept_as_given(
         cur = await conn.execute(f"SELECT count(*) FILTER (WHERE note = 'again'), count(*) FILTER "
                                  f"(WHERE note IS NULL) FROM {table}")
         assert await cur.fetchone() == ((count + 1) // 2, count // 2)
+        # A value that cannot be sent fails before anything is: the connection stays usable.
+        out.add(f"INSERT INTO {table} VALUES (%s, %s)", (-1, object()))
+        with pytest.raises(psycopg.ProgrammingError, match="cannot adapt"):
+            await out.send()
+        cur = await conn.execute(f"SELECT count(*) FROM {table}")
+        assert await cur.fetchone() == (count,)
