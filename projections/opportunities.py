@@ -56,20 +56,9 @@ _OPENED = """
 INSERT INTO opportunities (opportunity_id, tenant_id, customer_id, title, owner, stage, status,
     probability, amount, currency, expected_close, source_lead_id, version, opened_position,
     log_position, opened_at, updated_at)
-VALUES (%s, %s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+VALUES (%(id)s, %(tenant)s, %(customer_id)s, %(title)s, %(owner)s, %(stage)s, 'open', %(probability)s,
+    %(amount)s, %(currency)s, %(expected_close)s, %(source_lead_id)s, %(v)s, %(pos)s, %(pos)s, %(at)s, %(at)s)
 ON CONFLICT (opportunity_id) DO NOTHING
-"""
-_HISTORY = """
-INSERT INTO opportunity_stage_history (opportunity_id, version, tenant_id, stage, status,
-    probability, reason, changed_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
-"""
-_CLOSED_HISTORY = """
-INSERT INTO opportunity_stage_history (opportunity_id, version, tenant_id, stage, status,
-    probability, reason, changed_at)
-SELECT opportunity_id, %(v)s, tenant_id, stage, %(status)s, %(probability)s, %(reason)s, %(at)s
-FROM opportunities WHERE opportunity_id = %(id)s
-ON CONFLICT DO NOTHING
 """
 _NEXT = "version = %(v)s, log_position = %(pos)s, updated_at = %(at)s"
 _WHERE = "WHERE opportunity_id = %(id)s AND version = %(v)s - 1"
@@ -98,6 +87,26 @@ UPDATE opportunities SET status = 'open', stage = %(stage)s, probability = %(pro
 """
 
 
+def _with_history(change: str) -> str:
+    """`change` to the opportunity's row and, if it changed it, the stage history row it makes
+    (the row's stage after the change), in one statement."""
+    return f"""
+WITH changed AS ({change} RETURNING opportunity_id, tenant_id, stage)
+INSERT INTO opportunity_stage_history (opportunity_id, version, tenant_id, stage, status,
+    probability, reason, changed_at)
+SELECT opportunity_id, %(v)s, tenant_id, stage, %(history_status)s, %(history_probability)s,
+    %(history_reason)s, %(at)s FROM changed
+ON CONFLICT DO NOTHING
+"""
+
+
+_OPENED_WITH_HISTORY = _with_history(_OPENED)
+_STAGE_CHANGED_WITH_HISTORY = _with_history(_STAGE_CHANGED)
+_WON_WITH_HISTORY = _with_history(_WON)
+_LOST_WITH_HISTORY = _with_history(_LOST)
+_REOPENED_WITH_HISTORY = _with_history(_REOPENED)
+
+
 class OpportunitiesProjection:
     name = "opportunities"
     ddl = DDL
@@ -117,43 +126,36 @@ class OpportunitiesProjection:
     def apply(self, out: Statements, event: Delivered) -> None:
         assert event.envelope is not None
         data: Any = event.envelope.data
-        tenant, at = event.envelope.tenant_id, event.envelope.timestamp
-        v, pos = event.aggregate_version, event.log_position
-        step = {"id": data.opportunity_id, "v": v, "pos": pos, "at": at}
+        at = event.envelope.timestamp
+        step = {"id": data.opportunity_id, "v": event.aggregate_version, "pos": event.log_position, "at": at}
 
-        def history(stage: str, status: str, probability: int, reason: str | None) -> None:
-            out.add(_HISTORY, (data.opportunity_id, v, tenant, stage, status,
-                               probability, reason, at))
+        def history(status: str, probability: int, reason: str | None = None) -> dict[str, Any]:
+            return {"history_status": status, "history_probability": probability, "history_reason": reason}
 
         match data:
             case c.OpportunityOpened():
-                out.add(_OPENED, (
-                    data.opportunity_id, tenant, data.customer_id, data.title, data.owner,
-                    data.stage, data.probability, data.amount, data.currency,
-                    data.expected_close, data.source_lead_id, v, pos, pos, at, at,
-                ))
-                history(data.stage, "open", data.probability, None)
+                out.add(_OPENED_WITH_HISTORY, {
+                    **step, **history("open", data.probability), "tenant": event.envelope.tenant_id,
+                    "customer_id": data.customer_id, "title": data.title, "owner": data.owner,
+                    "stage": data.stage, "probability": data.probability, "amount": data.amount,
+                    "currency": data.currency, "expected_close": data.expected_close,
+                    "source_lead_id": data.source_lead_id,
+                })
             case c.OpportunityUpdated():
                 out.add(_UPDATED, {
                     **step, "title": data.title, "owner": data.owner, "amount": data.amount,
                     "expected_close": data.expected_close, "probability": data.probability,
                 })
             case c.OpportunityStageChanged():
-                out.add(_STAGE_CHANGED, {**step, "stage": data.stage,
-                                         "probability": data.probability})
-                history(data.stage, "open", data.probability, None)
+                out.add(_STAGE_CHANGED_WITH_HISTORY, {**step, **history("open", data.probability),
+                                                      "stage": data.stage, "probability": data.probability})
             case c.OpportunityWon():
-                out.add(_WON, {**step, "amount": data.amount})
-                out.add(_CLOSED_HISTORY, {**step, "status": "won", "probability": 100,
-                                          "reason": None})
+                out.add(_WON_WITH_HISTORY, {**step, **history("won", 100), "amount": data.amount})
             case c.OpportunityLost():
-                out.add(_LOST, {**step, "reason": data.reason,
-                                "competitor": data.competitor})
-                out.add(_CLOSED_HISTORY, {**step, "status": "lost", "probability": 0,
-                                          "reason": data.reason})
+                out.add(_LOST_WITH_HISTORY, {**step, **history("lost", 0, data.reason),
+                                             "reason": data.reason, "competitor": data.competitor})
             case c.OpportunityInvoiceLinked():
                 out.add(_INVOICED, {**step, "invoice_id": data.invoice_id, "status": data.status})
             case c.OpportunityReopened():
-                out.add(_REOPENED, {**step, "stage": data.stage,
-                                    "probability": data.probability})
-                history(data.stage, "open", data.probability, data.reason)
+                out.add(_REOPENED_WITH_HISTORY, {**step, **history("open", data.probability, data.reason),
+                                                 "stage": data.stage, "probability": data.probability})
