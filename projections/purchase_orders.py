@@ -8,6 +8,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 from projections.base import Delivered, Statements
 from streams.events import procurement as p
 
@@ -89,22 +91,30 @@ _NEXT = "version = %(v)s, log_position = %(pos)s, updated_at = %(at)s"
 _WHERE = "WHERE purchase_order_id = %(id)s AND version = %(v)s - 1"
 _AT_BASE = "EXISTS (SELECT 1 FROM purchase_orders WHERE purchase_order_id = %(id)s AND version = %(base)s)"
 
-_CREATED = """
-INSERT INTO purchase_orders (purchase_order_id, tenant_id, number, vendor_id, currency, status,
-    requested_by, required_by, ordered_on, line_count, net_amount, tax_amount, total_amount,
-    version, created_position, log_position, created_at, updated_at)
-VALUES (%(id)s, %(tenant)s, %(number)s, %(vendor_id)s, %(currency)s, 'draft', %(requested_by)s,
-    %(required_by)s::date, %(ordered_on)s::date, %(line_count)s, %(net)s, %(tax)s, %(total)s,
-    %(v)s, %(pos)s, %(pos)s, %(at)s, %(at)s)
-ON CONFLICT (purchase_order_id) DO NOTHING
+# A change's lines travel as one JSON array, all inserted by one statement.
+_LINE_COLUMNS = ("line_no, item_id, description, quantity, unit, unit_price, tax_code, tax_rate, "
+                 "net_amount, tax_amount, total_amount")
+_LINES = """jsonb_to_recordset(%(lines)s::jsonb) AS l(line_no integer, item_id text, description text,
+    quantity numeric, unit text, unit_price numeric, tax_code text, tax_rate numeric, net_amount numeric,
+    tax_amount numeric, total_amount numeric)"""
+_CREATED = f"""
+WITH created AS (
+    INSERT INTO purchase_orders (purchase_order_id, tenant_id, number, vendor_id, currency, status,
+        requested_by, required_by, ordered_on, line_count, net_amount, tax_amount, total_amount,
+        version, created_position, log_position, created_at, updated_at)
+    VALUES (%(id)s, %(tenant)s, %(number)s, %(vendor_id)s, %(currency)s, 'draft', %(requested_by)s,
+        %(required_by)s::date, %(ordered_on)s::date, %(line_count)s, %(net)s, %(tax)s, %(total)s,
+        %(v)s, %(pos)s, %(pos)s, %(at)s, %(at)s)
+    ON CONFLICT (purchase_order_id) DO NOTHING
+    RETURNING purchase_order_id, tenant_id)
+INSERT INTO purchase_order_lines (purchase_order_id, tenant_id, {_LINE_COLUMNS})
+SELECT created.purchase_order_id, created.tenant_id, l.* FROM created, {_LINES}
+ON CONFLICT (purchase_order_id, line_no) DO NOTHING
 """
 _DROP_LINES = f"DELETE FROM purchase_order_lines WHERE purchase_order_id = %(id)s AND {_AT_BASE}"
-_PUT_LINE = f"""
-INSERT INTO purchase_order_lines (purchase_order_id, line_no, tenant_id, item_id, description,
-    quantity, unit, unit_price, tax_code, tax_rate, net_amount, tax_amount, total_amount)
-SELECT %(id)s, %(line_no)s, %(tenant)s, %(item_id)s::text, %(description)s::text, %(quantity)s,
-    %(unit)s::text, %(unit_price)s, %(tax_code)s::text, %(tax_rate)s, %(net_amount)s,
-    %(tax_amount)s, %(total_amount)s
+_PUT_LINES = f"""
+INSERT INTO purchase_order_lines (purchase_order_id, tenant_id, {_LINE_COLUMNS})
+SELECT %(id)s, %(tenant)s, l.* FROM {_LINES}
 WHERE {_AT_BASE}
 ON CONFLICT (purchase_order_id, line_no) DO NOTHING
 """
@@ -154,6 +164,10 @@ UPDATE purchase_orders SET status = 'closed', close_reason = %(reason)s,
 """
 
 
+def _json(lines: list[p.PurchaseOrderLine]) -> str:
+    return msgspec.json.encode(lines).decode()  # amounts as strings: exact
+
+
 def _totals(lines: list[p.PurchaseOrderLine]) -> dict[str, Any]:
     return {
         "line_count": len(lines),
@@ -188,14 +202,6 @@ class PurchaseOrdersProjection:
         v = event.aggregate_version
         step = {"id": data.purchase_order_id, "v": v, "pos": event.log_position, "at": at}
 
-        def put_lines(lines: list[p.PurchaseOrderLine], base: int) -> None:
-            if lines:
-                out.add_many(_PUT_LINE, [
-                    {"id": data.purchase_order_id, "tenant": tenant, "base": base,
-                     **{field: getattr(line, field) for field in line.__struct_fields__}}
-                    for line in lines
-                ])
-
         match data:
             case p.PurchaseOrderCreated():
                 out.add(_CREATED, {
@@ -203,12 +209,13 @@ class PurchaseOrdersProjection:
                     "vendor_id": data.vendor_id, "currency": data.currency,
                     "requested_by": data.requested_by, "required_by": data.required_by,
                     "ordered_on": data.ordered_on, "total": data.total_amount,
+                    "lines": _json(data.lines),
                 })
-                put_lines(data.lines, v)
             case p.PurchaseOrderLinesChanged():
                 # The event carries the whole set of lines after the change: replace them.
                 out.add(_DROP_LINES, {"id": data.purchase_order_id, "base": v - 1})
-                put_lines(data.lines, v - 1)
+                out.add(_PUT_LINES, {"id": data.purchase_order_id, "tenant": tenant, "base": v - 1,
+                                     "lines": _json(data.lines)})
                 out.add(_LINES_CHANGED, {**step, **_totals(data.lines),
                                          "total": data.total_amount})
             case p.PurchaseOrderSubmitted():
