@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
 from erp import api_keys, credentials, idempotency, inbound, schema
+from erp.aggregate_cache import CacheFollower
 from erp.commands import CommandRunner
 from erp.embedded import EmbeddedNats, EmbeddedPostgres
 from erp.eventstore import (
@@ -143,6 +144,8 @@ class Service:
         self.positions = ReadModelPositions(url)
         self._spawn("group-commit", self.committer.run())
         self._spawn("positions", self.positions.run())
+        if self.store.repository.cache is not None:
+            self._spawn("aggregate-cache", CacheFollower(self.store, url).run())
         self.owner_pool = AsyncConnectionPool(
             url, min_size=1, max_size=4, open=False,
             kwargs={"autocommit": True, "application_name": "erp-owner"},

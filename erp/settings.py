@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     snapshot_interval: int = Field(default=100, ge=1, description="Events between an aggregate's snapshots.")
     aggregate_cache_size: int = Field(
         default=10_000, ge=0,
-        description="Aggregates kept in memory between commands (brought up to date at each load; 0: none).")
+        description="Aggregates kept in memory between commands (decided on without reading the database, "
+        "the save's version check proving them current; 0: none).")
     relay_batch_size: int = Field(default=2000, ge=1, le=4000)
     relay_idle_catch_up_seconds: float = Field(
         default=5.0, gt=0, description="Catch-up read after this long without a NOTIFY."

@@ -11,16 +11,19 @@ from typing import Any
 import pytest
 
 from aggregates.opportunity import Opportunity
+from erp.aggregate_cache import CacheFollower
 from erp.commands import CommandContext, CommandRunner, Loader, tenancy
 from erp.eventstore import (
     CommitterStopped,
     ErpEventStore,
     EventMetadata,
     GroupCommitter,
+    Saved,
     VersionConflict,
     stamp,
     store_for,
 )
+from tests.conftest import eventually
 
 
 def opportunity(i: int = 0) -> Opportunity:
@@ -197,10 +200,121 @@ async def test_a_decision_needing_nothing_from_the_database_is_decided_on_the_ev
         return found
 
     runner.settings_cache.forget("t")
-    await runner.execute(ctx, open_one)  # settings not cached yet: loaded in a thread
-    saved = await runner.execute(ctx, open_one)  # cached now: on the event loop, once
-    await runner.execute(ctx, stage_it)  # loads an aggregate: stopped on the loop, decided in a thread
+    await runner.execute(CTX, open_one)  # settings not cached yet: loaded in a thread
+    saved = await runner.execute(CTX, open_one)  # cached now: on the event loop, once
+    await runner.execute(CTX, stage_it)  # loads an aggregate: stopped on the loop, decided in a thread
     loop_thread = threading.current_thread().name
     assert threads[0] == loop_thread and threads[1] != loop_thread  # first: tried inline, then a thread
     assert threads[2] == loop_thread  # second: inline only
     assert threads[3] == loop_thread and threads[4] != loop_thread and len(threads) == 5
+
+
+@pytest.fixture
+async def cached_runner(database_url: str) -> AsyncIterator[tuple[CommandRunner, ErpEventStore]]:
+    """A runner whose store caches aggregates (retries=0: a clash it counts fails the command),
+    and another instance's store on the same database."""
+    store = await asyncio.to_thread(store_for, database_url, 2, cache_size=100)
+    other = await asyncio.to_thread(store_for, database_url, 2)
+    committer = GroupCommitter(store, max_batch=64)
+    task = asyncio.create_task(committer.run())
+    runner = CommandRunner(store, committer, retries=0)
+    await tenancy.register(runner, CommandContext("t", EventMetadata("t", "x", "x")), name="T Ltd")
+    yield runner, other
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    store.close()
+    other.close()
+
+
+CTX = CommandContext("t", EventMetadata("t", "x", "x"))
+
+
+def change_elsewhere(store: ErpEventStore, opportunity_id: Any, stage: str) -> None:
+    theirs: Opportunity = store.repository.get(opportunity_id)
+    theirs.change_stage(stage)
+    stamp(theirs, EventMetadata("t", "y", "y"))
+    store.save(theirs)
+
+
+async def cached_then_changed_elsewhere(runner: CommandRunner, other: ErpEventStore, stage: str) -> Saved:
+    """An opportunity opened (and cached) here, then moved to `stage` by another instance."""
+    opened = await runner.execute(CTX, lambda load: opportunity())
+    await asyncio.to_thread(change_elsewhere, other, opened.aggregate_id, stage)
+    return opened
+
+
+async def test_a_decision_on_a_stale_cached_aggregate_is_decided_again_on_the_stored_one(
+    cached_runner: tuple[CommandRunner, ErpEventStore],
+) -> None:
+    runner, other = cached_runner
+    opened = await cached_then_changed_elsewhere(runner, other, "proposal")  # cache: v1
+    decided_in: list[str] = []
+
+    def rename(load: Loader) -> Opportunity:
+        decided_in.append(threading.current_thread().name)
+        found = load.target(Opportunity, opened.aggregate_id)
+        found.update(title=f"renamed {len(decided_in)}")
+        return found
+
+    saved = await runner.execute(CTX, rename)  # retries=0, yet no 409: the stale copy is no clash
+    assert saved.version == 3
+    stored: Opportunity = other.repository.get(opened.aggregate_id)
+    assert (stored.title, stored.stage) == ("renamed 2", "proposal")  # the other change kept
+    loop = threading.current_thread().name
+    assert decided_in[0] == loop and decided_in[1] != loop and len(decided_in) == 2
+    again = await runner.execute(CTX, rename)  # the cache brought up to date: inline, once
+    assert again.version == 4 and decided_in[2] == loop and len(decided_in) == 3
+
+
+async def test_a_refusal_on_a_cached_aggregate_is_checked_against_the_stored_one(
+    cached_runner: tuple[CommandRunner, ErpEventStore],
+) -> None:
+    runner, other = cached_runner
+    opened = await cached_then_changed_elsewhere(runner, other, "proposal")
+
+    def back_to_qualification(load: Loader) -> Opportunity:
+        found = load.target(Opportunity, opened.aggregate_id)
+        found.change_stage("qualification")  # the cached copy is there already: refused
+        return found
+
+    saved = await runner.execute(CTX, back_to_qualification)
+    assert saved.version == 3
+    stored: Opportunity = other.repository.get(opened.aggregate_id)
+    assert stored.stage == "qualification"
+
+
+async def test_an_aggregate_a_decision_only_reads_is_read_from_the_store(
+    cached_runner: tuple[CommandRunner, ErpEventStore],
+) -> None:
+    """Only a changed aggregate's version is checked by the save: one only read must be current."""
+    runner, other = cached_runner
+    opened = await cached_then_changed_elsewhere(runner, other, "negotiation")
+
+    def follow_up(load: Loader) -> Opportunity:
+        lead = load.get(Opportunity, opened.aggregate_id)
+        return Opportunity.open(tenant_id="t", customer_id="c", title=f"after {lead.stage}", owner="o")
+
+    saved = await runner.execute(CTX, follow_up)
+    assert other.repository.get(saved.aggregate_id).title == "after negotiation"
+
+
+async def test_the_follower_evicts_what_other_processes_change_and_keeps_what_this_one_saved(
+    cached_runner: tuple[CommandRunner, ErpEventStore], database_url: str,
+) -> None:
+    runner, other = cached_runner
+    cache: Any = runner.store.repository.cache
+    before = await runner.execute(CTX, lambda load: opportunity(1))  # cached before the follower
+    follower = CacheFollower(runner.store, database_url)
+    task = asyncio.create_task(follower.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, follower.position is not None))
+        assert before.aggregate_id not in cache.cache  # of unknown age when the follower started
+        mine = await runner.execute(CTX, lambda load: opportunity(2))
+        theirs = await runner.execute(CTX, lambda load: opportunity(3))
+        await asyncio.to_thread(change_elsewhere, other, theirs.aggregate_id, "proposal")
+        await eventually(lambda: asyncio.sleep(0, theirs.aggregate_id not in cache.cache))
+        assert mine.aggregate_id in cache.cache and follower.evicted == 1
+        assert follower.position == theirs.position + 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

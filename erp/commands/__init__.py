@@ -22,6 +22,7 @@ from prometheus_client import Counter
 from aggregates.errors import DomainError
 from aggregates.tenant_settings import TenantSettings
 from erp import idempotency
+from erp.aggregate_cache import cached_copy
 from erp.eventstore import (
     ErpEventStore,
     EventMetadata,
@@ -122,7 +123,8 @@ class SettingsCache:
 
 class Loader:
     """Loads aggregates for one decision, in a worker thread, within the tenant; or, `inline`
-    on the event loop, refuses to (`NeedsLoading`) and serves only cached settings."""
+    on the event loop, serves only copies of cached aggregates and cached settings, and
+    refuses to load anything (`NeedsLoading`)."""
 
     def __init__(self, store: ErpEventStore, tenant_id: str, expected_version: int | None = None,
                  settings_cache: SettingsCache | None = None, *, inline: bool = False) -> None:
@@ -131,14 +133,20 @@ class Loader:
         self._expected_version = expected_version
         self._settings_cache = settings_cache
         self._inline = inline
+        self.cached: set[UUID] = set()  # the aggregates served from the cache
 
     def find(self, kind: type[A], aggregate_id: UUID) -> A | None:
         if self._inline:
-            raise NeedsLoading
-        try:
-            aggregate: Aggregate = self._store.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            return None
+            cached = cached_copy(self._store, aggregate_id)
+            if cached is None:
+                raise NeedsLoading
+            self.cached.add(aggregate_id)
+            aggregate: Aggregate = cached
+        else:
+            try:
+                aggregate = self._store.repository.get(aggregate_id)
+            except AggregateNotFoundError:
+                return None
         # Another tenant's aggregate is "not found", never "forbidden": that would confirm it exists.
         if not isinstance(aggregate, kind) or getattr(aggregate, "tenant_id", None) != self.tenant_id:
             return None
@@ -221,8 +229,9 @@ class CommandRunner:
         if tenant != "any":
             await self.check_tenant(ctx.tenant_id, suspended_too=tenant == "known")
         clashes = overtaken = 0
+        cached = True  # decide on cached aggregates until one proves stale
         while True:
-            decided = await self._decide(ctx, decide)
+            decided, cached = await self._decide(ctx, decide, cached=cached)
             aggregates = (decided,) if isinstance(decided, Aggregate) else tuple(decided)
             changed = tuple(a for a in aggregates if a.pending_events)
             if not changed:
@@ -242,7 +251,9 @@ class CommandRunner:
                 if replayed is not None:
                     return replayed, True
                 if isinstance(clash, Overtaken) and overtaken < OVERTAKEN_RETRIES:
-                    overtaken += 1
+                    overtaken += 1  # the cache holds what overtook it
+                elif cached:
+                    cached = False  # decided on a stale cached aggregate: again on the stored one
                 else:
                     clashes += 1
                 if ctx.expected_version is not None or clashes > self._retries:
@@ -254,16 +265,33 @@ class CommandRunner:
                 EVENTS.labels(event_type).inc()
             return saved, False
 
-    async def _decide(self, ctx: CommandContext, decide: Decision) -> Aggregate | Sequence[Aggregate]:
-        """On the event loop when the decision needs nothing from the database (a new
-        aggregate, say: a thread hop costs more than deciding), else in a worker thread.
+    async def _decide(self, ctx: CommandContext, decide: Decision, *,
+                      cached: bool) -> tuple[Aggregate | Sequence[Aggregate], bool]:
+        """The decision, and whether it was taken on cached aggregates.
+
+        On the event loop when it needs nothing from the database (a new aggregate, or, with
+        `cached`, aggregates in the cache: a thread hop and a query cost more than deciding),
+        else in a worker thread on the stored state. A decision on cached aggregates stands
+        only if it changes every one of them, so that the save's version check proves them
+        current; a refusal, or one it only read, is decided again on the stored state.
         Decisions have no effect but their result, so one stopped half-way is simply redone."""
+        inline = Loader(self.store, ctx.tenant_id, ctx.expected_version, self.settings_cache, inline=True)
         try:
-            return decide(Loader(self.store, ctx.tenant_id, ctx.expected_version, self.settings_cache,
-                                 inline=True))
+            if not cached:
+                raise NeedsLoading
+            decided = decide(inline)
         except NeedsLoading:
-            load = Loader(self.store, ctx.tenant_id, ctx.expected_version, self.settings_cache)
-            return await asyncio.to_thread(decide, load)
+            pass
+        except Exception:
+            if not inline.cached:
+                raise
+        else:
+            changed = {a.id for a in ((decided,) if isinstance(decided, Aggregate) else decided)
+                       if a.pending_events}
+            if inline.cached <= changed:
+                return decided, bool(inline.cached)
+        load = Loader(self.store, ctx.tenant_id, ctx.expected_version, self.settings_cache)
+        return await asyncio.to_thread(decide, load), False
 
     async def check_tenant(self, tenant_id: str, *, suspended_too: bool = False) -> None:
         """Refuses a tenant the auth service never announced, or a suspended one."""

@@ -1,0 +1,112 @@
+"""The aggregate cache of this process: a decision's copy of a cached aggregate, and a
+follower that keeps the cache in step with other processes' writes.
+
+A command decides on a copy of the cached aggregate without reading the database
+(erp/commands); the event store's version check refuses a save decided on a stale copy,
+and the runner then decides again on the stored state. So a stale entry costs a retry,
+never a wrong result. The follower keeps that rare: after each NOTIFY of the event store,
+it evicts every cached aggregate that has newer events than the cached version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import structlog
+from eventsourcing.application import LRUCache
+from eventsourcing.domain import Aggregate
+
+from erp.eventstore import EVENTS_TABLE, ErpEventStore
+
+log = structlog.get_logger("erp.aggregate_cache")
+
+# Events read per query; a follower this far behind (reconnecting after an outage, say)
+# forgets the whole cache instead of reading its way through.
+FOLLOW_BATCH = 5_000
+
+_AFTER = (f"SELECT originator_id, originator_version, notification_id FROM {EVENTS_TABLE} "
+          "WHERE notification_id > %s ORDER BY notification_id LIMIT %s")
+_HEAD = f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}"
+
+
+def cached_copy(store: ErpEventStore, aggregate_id: UUID) -> Aggregate | None:
+    """A copy of the cached aggregate, or None when it is not cached or a thread is
+    bringing it up to date: the library's fast-forward changes the cached object in place,
+    under the lock taken here, and a copy taken meanwhile could be half of each version."""
+    repository: Any = store.repository
+    cache: LRUCache[UUID, Aggregate] | None = repository.cache
+    if cache is None or aggregate_id not in cache.cache:
+        return None
+    lock = repository._use_fastforward_lock(aggregate_id)  # the library's, version pinned
+    try:
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            return copy.deepcopy(cache.get(aggregate_id))
+        except KeyError:
+            return None
+        finally:
+            lock.release()
+    finally:
+        repository._disuse_fastforward_lock(aggregate_id)
+
+
+class CacheFollower:
+    """Evicts from this process's aggregate cache what other processes change."""
+
+    def __init__(self, store: ErpEventStore, database_url: str) -> None:
+        assert store.repository.cache is not None
+        self._cache: LRUCache[UUID, Aggregate] = store.repository.cache  # type: ignore[assignment]
+        self._database_url = database_url
+        self.position: int | None = None  # the last event looked at
+        self.evicted = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._database_url, autocommit=True, application_name="erp-aggregate-cache"
+                ) as conn:
+                    await conn.execute(f"LISTEN {EVENTS_TABLE}")
+                    while True:
+                        await self.catch_up(conn)
+                        async for _ in conn.notifies(stop_after=1):
+                            break
+                        async for _ in conn.notifies(timeout=0):  # one read covers them all
+                            pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("aggregate cache follower reconnecting", error=repr(error))
+                await asyncio.sleep(1.0)
+
+    async def catch_up(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Evicts what changed since the last event looked at. The first time, what is cached
+        is of unknown age, and after a long absence reading it all costs more than loading
+        again: then everything is forgotten."""
+        rows = [] if self.position is None else await (
+            await conn.execute(_AFTER, (self.position, FOLLOW_BATCH))).fetchall()
+        if self.position is None or len(rows) == FOLLOW_BATCH:
+            head = await (await conn.execute(_HEAD)).fetchone()
+            self._forget_all()
+            self.position = int(head[0]) if head else 0
+            return
+        links = self._cache.cache
+        for originator_id, version, _ in rows:
+            link = links.get(originator_id)
+            if link is not None and link[LRUCache.RESULT].version < version:
+                with contextlib.suppress(KeyError):
+                    self._cache.get(originator_id, evict=True)
+                    self.evicted += 1
+        if rows:
+            self.position = int(rows[-1][2])
+
+    def _forget_all(self) -> None:
+        for aggregate_id in list(self._cache.cache):
+            with contextlib.suppress(KeyError):
+                self._cache.get(aggregate_id, evict=True)
