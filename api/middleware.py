@@ -7,7 +7,7 @@ import time
 import uuid
 
 import structlog
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import observe_request
@@ -26,6 +26,11 @@ SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
     "Cache-Control": "no-store",
 }
+
+
+_SECURITY_RAW = [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                 for name, value in SECURITY_HEADERS.items()]
+_SET_HERE = frozenset({b"x-request-id", b"x-correlation-id", *(name for name, _ in _SECURITY_RAW)})
 
 
 class RequestContext:
@@ -54,10 +59,11 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                out = MutableHeaders(scope=message)
-                out["X-Request-ID"] = request_id
-                out["X-Correlation-ID"] = correlation_id
-                out.update(SECURITY_HEADERS)
+                # in one pass over the raw headers (setting each one scanned them all)
+                message["headers"] = [
+                    *(h for h in message.get("headers", ()) if bytes(h[0]).lower() not in _SET_HERE),
+                    (b"x-request-id", request_id.encode()), (b"x-correlation-id", correlation_id.encode()),
+                    *_SECURITY_RAW]
             await send(message)
 
         try:
