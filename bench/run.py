@@ -296,6 +296,20 @@ def commands(s: Servers, report: Report, seconds: int, existing: int) -> None:
         ids_file.write_text("\n".join(ids) + "\n")
         running.reset_peak_rss()
         opportunities = f"{running.url}/api/v1/crm/opportunities"
+
+        def updates(where: str) -> None:
+            upd = wrk(opportunities, "existing_opportunity.lua", seconds, 64, ERP_BENCH_TOKEN=s.token(),
+                      ERP_BENCH_IDS=str(ids_file))
+            rate = upd["rate"]
+            report.add(Result(f"updates of existing opportunities (spread over {existing:,}, {where}), "
+                              "64 connections", rate, "commands/s", target="≥ 1,500/s",
+                              baseline="library saves", ratio=rate / baseline, met=rate >= 1500))
+            report.notes.append(_wrk_note(f"Updates of existing opportunities, {where}", upd))
+
+        # The service opened them: they are in its aggregate cache (ERP_AGGREGATE_CACHE_SIZE, 10,000).
+        wrk(opportunities, "existing_opportunity.lua", 3, 64, ERP_BENCH_TOKEN=s.token(),
+            ERP_BENCH_IDS=str(ids_file))  # warm up
+        updates("all in the aggregate cache")
         wrk(opportunities, "new_opportunity.lua", 3, 64, ERP_BENCH_TOKEN=s.token())  # warm up
         new = wrk(opportunities, "new_opportunity.lua", seconds, 64, ERP_BENCH_TOKEN=s.token())
         rate = new["rate"]
@@ -303,12 +317,7 @@ def commands(s: Servers, report: Report, seconds: int, existing: int) -> None:
                           target="≥ 2,500/s and ≥ 2.0x baseline", baseline="library saves",
                           ratio=rate / baseline, met=rate >= 2500 and rate >= 2 * baseline))
         report.notes.append(_wrk_note("New opportunities", new))
-        upd = wrk(opportunities, "existing_opportunity.lua", seconds, 64, ERP_BENCH_TOKEN=s.token(),
-                  ERP_BENCH_IDS=str(ids_file))
-        report.add(Result(f"updates of existing opportunities (spread over {existing:,}), 64 connections",
-                          upd["rate"], "commands/s", target="≥ 1,500/s", baseline="library saves",
-                          ratio=upd["rate"] / baseline, met=upd["rate"] >= 1500))
-        report.notes.append(_wrk_note("Updates of existing opportunities", upd))
+        updates("pushed out of the aggregate cache by the new opportunities before")
         fixed_rate_report(report, fixed_rate(s, running, database_url, rate=200, seconds=seconds * 2))
         rss = running.peak_rss_mib()
         report.add(Result("peak RSS of the service during the command runs", rss, "MiB", target="≤ 200 MiB",
