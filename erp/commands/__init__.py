@@ -275,21 +275,20 @@ class CommandRunner:
         only if it changes every one of them, so that the save's version check proves them
         current; a refusal, or one it only read, is decided again on the stored state.
         Decisions have no effect but their result, so one stopped half-way is simply redone."""
-        inline = Loader(self.store, ctx.tenant_id, ctx.expected_version, self.settings_cache, inline=True)
-        try:
-            if not cached:
-                raise NeedsLoading
-            decided = decide(inline)
-        except NeedsLoading:
-            pass
-        except Exception:
-            if not inline.cached:
-                raise
-        else:
-            changed = {a.id for a in ((decided,) if isinstance(decided, Aggregate) else decided)
-                       if a.pending_events}
-            if inline.cached <= changed:
-                return decided, bool(inline.cached)
+        if cached:
+            inline = Loader(self.store, ctx.tenant_id, ctx.expected_version, self.settings_cache, inline=True)
+            try:
+                decided = decide(inline)
+            except NeedsLoading:
+                pass
+            except Exception:
+                if not inline.cached:
+                    raise  # refused on nothing cached (settings aside): as it would be in a thread
+            else:
+                changed = {a.id for a in ((decided,) if isinstance(decided, Aggregate) else decided)
+                           if a.pending_events}
+                if inline.cached <= changed:
+                    return decided, bool(inline.cached)
         load = Loader(self.store, ctx.tenant_id, ctx.expected_version, self.settings_cache)
         return await asyncio.to_thread(decide, load), False
 
