@@ -22,6 +22,7 @@ from eventsourcing.application import LRUCache
 from eventsourcing.domain import Aggregate
 
 from erp.eventstore import EVENTS_TABLE, ErpEventStore
+from erp.listening import wait_for_notifies
 
 log = structlog.get_logger("erp.aggregate_cache")
 
@@ -80,10 +81,7 @@ class CacheFollower:
                     while True:
                         await self.catch_up(conn)
                         await asyncio.sleep(FOLLOW_INTERVAL_SECONDS)
-                        async for _ in conn.notifies(stop_after=1):
-                            break
-                        async for _ in conn.notifies(timeout=0):  # one read covers them all
-                            pass
+                        await wait_for_notifies(conn)
             except asyncio.CancelledError:
                 raise
             except Exception as error:

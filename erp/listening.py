@@ -32,3 +32,12 @@ async def listen_forever(database_url: str, channel: str, *, name: str,
         except Exception as error:
             log.warning("listener reconnecting", channel=channel, error=repr(error))
             await asyncio.sleep(1.0)
+
+
+async def wait_for_notifies(conn: psycopg.AsyncConnection[Any], timeout: float | None = None) -> None:
+    """Until a NOTIFY on `conn` (or `timeout` seconds), then drops the rest of its backlog:
+    one read of the state covers them all."""
+    async for _ in conn.notifies(timeout=timeout, stop_after=1):
+        break
+    async for _ in conn.notifies(timeout=0):
+        pass

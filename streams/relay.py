@@ -30,6 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from erp.eventstore import EVENTS_TABLE, ErpEventStore, event_metadata
+from erp.listening import wait_for_notifies
 from streams import envelope as env
 from streams.catalogue import PUBLICATIONS
 from streams.events.base import Publication
@@ -236,7 +237,7 @@ class Relay:
                 if len(rows) == self._batch_size:
                     continue
                 await self._settle(in_flight)
-                await self._wait_for_news(conn)
+                await wait_for_notifies(conn, self._idle)  # or the idle catch-up read
         finally:
             for _, future, _ in in_flight:
                 future.cancel()
@@ -263,10 +264,3 @@ class Relay:
             futures = [f for _, f, _ in in_flight]
             await asyncio.wait(futures, timeout=self._ack_timeout)
         self._reap(in_flight)
-
-    async def _wait_for_news(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Until a NOTIFY, or the idle interval for the catch-up read."""
-        async for _ in conn.notifies(timeout=self._idle, stop_after=1):
-            break
-        async for _ in conn.notifies(timeout=0):  # drop the rest of the backlog
-            pass
