@@ -20,12 +20,13 @@ from uuid import UUID
 
 from eventsourcing.application import Application, project_aggregate
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording, Transcoder
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresFactory
 
 from erp import schema
 from erp.idempotency import IdempotencyRecord, retried_unless_unreachable
 from erp.snapshots import TypedSnapshot
+from erp.transcoding import MsgspecJSONTranscoder
 
 EVENTS_TABLE = "erp_events"  # the application name "ERP" gives this table and NOTIFY channel
 
@@ -124,6 +125,11 @@ class ErpPostgresFactory(PostgresFactory):
 
 class ErpEventStore(Application[UUID]):
     name = "ERP"
+
+    def construct_transcoder(self) -> Transcoder:
+        transcoder: JSONTranscoder = MsgspecJSONTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def take_snapshot(self, aggregate_id: UUID, version: int | None = None,
                       projector_func: Any = project_aggregate) -> None:
