@@ -8,6 +8,8 @@ import uuid
 from typing import Any
 
 import httpx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from erp.bootstrap import Service
 from streams import envelope as env
@@ -76,3 +78,12 @@ async def test_every_event_goes_to_its_own_subject(
     lost = json.loads(messages[3].data)["data"]
     assert lost == {"opportunity_id": second["id"], "reason": "price",
                     "competitor": "Acme"}
+
+
+@settings(max_examples=500)
+@given(st.uuids(), st.integers(min_value=1, max_value=2**53))
+def test_an_event_id_is_the_uuid5_of_its_aggregate_and_version(aggregate_id: uuid.UUID, version: int) -> None:
+    namespace = uuid.uuid5(uuid.NAMESPACE_URL, "urn:erp-service:event")
+    expected = uuid.uuid5(namespace, f"{aggregate_id}:{version}")
+    assert env.event_id(aggregate_id, version) == expected
+    assert env.event_id(str(aggregate_id), version) == expected

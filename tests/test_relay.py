@@ -7,9 +7,12 @@ import signal
 import time
 from typing import Any
 
+from nats.js.api import StreamConfig
+
 from erp.bootstrap import Endpoints
 from erp.eventstore import store_for
 from streams.jetstream import ensure_stream
+from streams.publisher import PipelinedPublisher, header_block
 from streams.relay import Relay
 from tests.conftest import eventually, record_history, stream_matches_event_store, worker
 
@@ -87,7 +90,9 @@ async def test_the_stream_refuses_a_gap_and_the_relay_recovers(
     endpoints: Endpoints, js: Any
 ) -> None:
     """A message written behind the relay's back breaks its expected sequence: the server
-    refuses the next publish and the relay resumes from what the stream holds."""
+    refuses the next publish, and every one after it, and the relay resumes from what the
+    stream holds. The events after it are saved at once and read together, so the refused
+    publish is one that asked for no acknowledgement: the read's last one reports it."""
     await ensure_stream(js, "ERP", 1)
     first = await asyncio.to_thread(record_history, endpoints.database_url, 20)
     store = await asyncio.to_thread(store_for, endpoints.database_url, 2)
@@ -97,7 +102,7 @@ async def test_the_stream_refuses_a_gap_and_the_relay_recovers(
     try:
         await wait_until_published(js, first)
         await js.publish("erp.foreign.note", b"{}")  # not the relay's: no log position
-        second = await asyncio.to_thread(record_history, endpoints.database_url, 20)
+        second = await asyncio.to_thread(record_history, endpoints.database_url, 50)
         await wait_until_published(js, first + 1 + second)
         assert relay.failures >= 1
         subjects = []
@@ -114,3 +119,23 @@ async def test_the_stream_refuses_a_gap_and_the_relay_recovers(
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         store.close()
+
+
+async def test_a_header_block_reads_back_as_nats_py_would_have_sent_the_headers(js: Any) -> None:
+    await js.add_stream(StreamConfig(name="HEADERS", subjects=["headers.>"]))
+    publisher = PipelinedPublisher(js._nc)
+    await publisher.start()
+    try:
+        headers = {"Erp-Correlation-Id": "  two\r\nlines ", "Erp-Log-Position": "7", "Erp-Empty": ""}
+        await publisher.send("headers.sent", b"{}", header_block({**headers, "Nats-Msg-Id": "m-1"}))
+        ours = await (await publisher.publish("headers.ours", b"{}",
+                                              header_block({**headers, "Nats-Msg-Id": "m-2"})))
+        theirs = await js.publish("headers.theirs", b"{}", headers={**headers, "Nats-Msg-Id": "m-3"})
+        assert (ours.seq, theirs.seq) == (2, 3)  # the unacknowledged one was stored first
+        read = [(await js.get_msg("HEADERS", seq=seq)).headers for seq in (1, 2, 3)]
+        assert read[2]["Erp-Correlation-Id"] == "two  lines"
+        for seq, msg_id in ((1, "m-1"), (2, "m-2")):
+            assert read[seq - 1] == {**read[2], "Nats-Msg-Id": msg_id}
+    finally:
+        await publisher.close()
+        await js.delete_stream("HEADERS")
