@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from nats.js.api import StreamConfig
@@ -15,6 +18,15 @@ from streams.jetstream import ensure_stream
 from streams.publisher import PipelinedPublisher, header_block
 from streams.relay import Relay
 from tests.conftest import eventually, record_history, stream_matches_event_store, worker
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(stat.parent.name))
+    return found
 
 
 async def messages(js: Any) -> int:
@@ -35,14 +47,22 @@ async def test_relay_killed_mid_publishing_leaves_no_gap_or_duplicate(
     total = await asyncio.to_thread(record_history, endpoints.database_url, 10_000)
     await ensure_stream(js, "ERP", 1)
     killed_at = []
+    helpers: set[int] = set()
     for threshold in (1, total // 3, 2 * total // 3):
         relay = worker("relay", endpoints)
         try:
             killed_at.append(await wait_until_published(js, threshold))
+            helpers |= children(relay.pid)
         finally:
             relay.send_signal(signal.SIGKILL)
             relay.wait()
     assert all(0 < n < total for n in killed_at), f"not killed mid-publishing: {killed_at}"
+    assert helpers, "the relay started no helper process"
+
+    async def helpers_gone() -> bool:  # they stop themselves once their relay is gone
+        return not any(os.path.exists(f"/proc/{pid}") for pid in helpers)  # noqa: ASYNC240 - procfs
+
+    await eventually(helpers_gone, timeout=5)
     relay = worker("relay", endpoints)
     try:
         await wait_until_published(js, total)
@@ -84,6 +104,28 @@ async def test_a_second_relay_takes_over_when_the_first_dies(
         second.wait()
     assert killed_at < total
     assert takeover < 5, f"takeover took {takeover:.1f} s"
+
+
+async def test_a_backlog_read_ahead_by_the_helper_process_is_published_in_order(
+    endpoints: Endpoints, js: Any
+) -> None:
+    await ensure_stream(js, "ERP", 1)
+    store = await asyncio.to_thread(store_for, endpoints.database_url, 2)
+    relay = Relay(store, endpoints.database_url, js._nc, "ERP", batch_size=40,
+                  idle_catch_up_seconds=0.2, ack_timeout_seconds=5)
+    running = asyncio.create_task(relay.run())
+    try:
+        first = await asyncio.to_thread(record_history, endpoints.database_url, 100)  # a backlog
+        await wait_until_published(js, first)
+        await asyncio.sleep(3)  # the helper process it started is up
+        more = await asyncio.to_thread(record_history, endpoints.database_url, 1_000)
+        await wait_until_published(js, first + more)
+        assert relay.read_ahead_total > more // 2
+        await stream_matches_event_store(js, endpoints.database_url, first + more)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        store.close()
 
 
 async def test_the_stream_refuses_a_gap_and_the_relay_recovers(
