@@ -589,7 +589,7 @@ def rebuild_speed(s: Servers, report: Report, events: int, library_events: int) 
     four = [p for p in all_projections() if p.name in CORE]
     store = store_for(database_url, 2)
     try:
-        rebuilt = asyncio.run(rebuild_many(database_url, EventStoreSource(store), four))
+        rebuilt = asyncio.run(rebuild_many(database_url, EventStoreSource(store, database_url), four))
     finally:
         store.close()
     seconds = rebuilt[0].seconds

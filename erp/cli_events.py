@@ -187,7 +187,8 @@ def rebuild_command(names: tuple[str, ...], everything: bool, from_stream: bool,
 
     async def run() -> Any:
         if not from_stream:
-            return await rebuild_many(url, EventStoreSource(store), chosen, progress=report, interrupted=mode)
+            return await rebuild_many(url, EventStoreSource(store, url), chosen, progress=report,
+                                      interrupted=mode)
         nc = await nats.connect(server_urls(nats_url(settings)))
         try:
             source = StreamSource(nc.jetstream(), settings.stream)

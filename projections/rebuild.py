@@ -21,6 +21,7 @@ import contextlib
 import functools
 import gc
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -32,6 +33,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from erp.eventstore import ErpEventStore
+from erp.helper_processes import HelperProcesses, helper_store
 from projections.base import POSITIONS_CHANNEL, Delivered, Projection, Statements, positions_payload
 from projections.tenancy import isolate_tenants
 from streams import envelope as env
@@ -80,8 +82,10 @@ class Source(Protocol):
     async def end(self) -> int:
         """The position (log position or stream sequence) the rebuild reads up to."""
 
-    def batches(self, after: int, end: int, size: int) -> AsyncIterator[list[Read]]:
-        """Every event after `after` up to `end`, in order, in batches."""
+    def batches(self, after: int, end: int, size: int,
+                subjects: frozenset[str]) -> AsyncIterator[list[Read]]:
+        """Every event after `after` up to `end`, in order, in batches; only those of
+        `subjects` need a payload."""
 
 
 # The subject of a stored event, from its topic alone: most events are not for a given read
@@ -89,25 +93,84 @@ class Source(Protocol):
 _SUBJECTS = {get_topic(cls): publication.subject for cls, publication in PUBLICATIONS.items()}
 
 
+# A rebuild of more events than this has helper processes read and encode them (they take a
+# second or so to start): HELPERS of them, asked for up to RANGES_AHEAD ranges of positions.
+HELPED_FROM = 20_000
+HELPERS = 2
+RANGES_AHEAD = 4
+
+
+def _encoded_range(after: int, up_to: int, limit: int, subjects: frozenset[str]) -> list[tuple[Any, ...]]:
+    """In a helper process: the stored events after `after` up to `up_to`, those of
+    `subjects` encoded, as (position, subject, aggregate version, payload)."""
+    store = helper_store()
+    with store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+        rows = conn.execute(SELECT_EVENTS_UP_TO, (after, up_to, limit)).fetchall()
+    found = []
+    for row in rows:
+        subject, payload = _SUBJECTS.get(row["topic"]), b""
+        if subject is None or subject in subjects:
+            event = encoded(store, row)
+            subject, payload = event.publication.subject, event.payload
+        found.append((row["notification_id"], subject, row["originator_version"], payload))
+    return found
+
+
 class EventStoreSource:
     name = "event store"
 
-    def __init__(self, store: ErpEventStore) -> None:
+    def __init__(self, store: ErpEventStore, database_url: str, *,
+                 helpers: HelperProcesses | None = None) -> None:
+        """`helpers`: helper processes to use (else the source starts its own for a large rebuild)."""
         self._store = store
+        self._database_url = database_url
+        self._helpers = helpers
+        self.helped = 0  # events the helper processes read
 
     async def end(self) -> int:
         head = await asyncio.to_thread(self._store.recorder.max_notification_id)
         return int(head or 0)
 
-    async def batches(self, after: int, end: int, size: int) -> AsyncIterator[list[Read]]:
+    async def batches(self, after: int, end: int, size: int,
+                      subjects: frozenset[str]) -> AsyncIterator[list[Read]]:
+        """Read here until the helper processes are up, then by them."""
+        helpers = self._helpers
+        if helpers is None and end - after > HELPED_FROM:
+            helpers = HelperProcesses(self._database_url, HELPERS)
+        try:
+            while after < end:
+                if helpers is not None and helpers.ready:
+                    async for found in self._helped_batches(helpers, after, end, size, subjects):
+                        yield found
+                    return
+                rows = await asyncio.to_thread(self._select, after, end, size)
+                if not rows:
+                    return
+                yield [Read(row["notification_id"], row["notification_id"], _SUBJECTS.get(row["topic"])
+                            or encoded(self._store, row).publication.subject, row["originator_version"],
+                            functools.partial(self._payload, row)) for row in rows]
+                after = rows[-1]["notification_id"]
+        finally:
+            if helpers is not None and helpers is not self._helpers:
+                helpers.close()
+
+    async def _helped_batches(self, helpers: HelperProcesses, after: int, end: int, size: int,
+                              subjects: frozenset[str]) -> AsyncIterator[list[Read]]:
+        """The helper processes read ranges of log positions, a few ahead, and encode their events;
+        a range holds `size` events at most (positions have gaps, never duplicates)."""
+        ranges: deque[tuple[int, asyncio.Future[list[tuple[Any, ...]]]]] = deque()  # (up to, its events)
         while after < end:
-            rows = await asyncio.to_thread(self._select, after, end, size)
-            if not rows:
-                return
-            yield [Read(row["notification_id"], row["notification_id"], _SUBJECTS.get(row["topic"])
-                        or encoded(self._store, row).publication.subject, row["originator_version"],
-                        functools.partial(self._payload, row)) for row in rows]
-            after = rows[-1]["notification_id"]
+            asked = ranges[-1][0] if ranges else after
+            while asked < end and len(ranges) < RANGES_AHEAD:
+                up_to = min(asked + size, end)
+                ranges.append((up_to, helpers.run(_encoded_range, asked, up_to, size, subjects)))
+                asked = up_to
+            after, reading = ranges.popleft()
+            found = await reading
+            self.helped += len(found)
+            if found:
+                yield [Read(position, position, subject, version, functools.partial(bytes, payload))
+                       for position, subject, version, payload in found]
 
     def _select(self, after: int, end: int, size: int) -> list[dict[str, Any]]:
         with self._store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
@@ -130,7 +193,8 @@ class StreamSource:
     async def end(self) -> int:
         return int((await self._js.stream_info(self._stream)).state.last_seq)
 
-    async def batches(self, after: int, end: int, size: int) -> AsyncIterator[list[Read]]:
+    async def batches(self, after: int, end: int, size: int,
+                      subjects: frozenset[str]) -> AsyncIterator[list[Read]]:
         if after >= end:
             return
         first = (await self._js.stream_info(self._stream)).state.first_seq
@@ -246,7 +310,9 @@ async def rebuild_many(database_url: str, source: Source, projections: Sequence[
         gc.disable()
         since_collected = 0
         try:
-            async for events in source.batches(min(t.seq for t in targets), end, batch):
+            subjects = frozenset(subject for subject in _SUBJECTS.values()
+                                 if any(t.projection.reads(subject) is not None for t in targets))
+            async for events in source.batches(min(t.seq for t in targets), end, batch, subjects):
                 if (since_collected := since_collected + len(events)) >= COLLECT_EVERY:
                     gc.collect()
                     since_collected = 0

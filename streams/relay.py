@@ -12,8 +12,9 @@
   from the stream again. This needs the relay to be the stream's only writer, and
   only one relay is active (see leadership).
 - Turning a stored event into its message is most of the relay's CPU. While a backlog
-  is published, the next read is turned into messages by a helper process (`ReadAhead`),
-  so both cores work on it; a live read (a few events after a NOTIFY) stays in the relay.
+  is published, the next reads are turned into messages by a helper process
+  (erp/helper_processes.py), so both cores work on it; a live read (a few events after a
+  NOTIFY) stays in the relay.
 - Only every `ACK_EVERY`th publish, and the last of each read, asks for an
   acknowledgement. The chain makes one acknowledgement prove every publish before it:
   a stored message expected its predecessor to be the stream's last message, so that
@@ -24,13 +25,8 @@
 from __future__ import annotations
 
 import asyncio
-import gc
-import multiprocessing
-import os
-import threading
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -42,7 +38,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from erp.eventstore import EVENTS_TABLE, ErpEventStore, event_metadata, store_for
+from erp.eventstore import EVENTS_TABLE, ErpEventStore, event_metadata
+from erp.helper_processes import HelperProcesses, helper_store
 from erp.listening import wait_for_notifies
 from streams import envelope as env
 from streams.catalogue import PUBLICATIONS
@@ -190,58 +187,20 @@ async def check_head(conn: psycopg.AsyncConnection[Any], head: StreamHead) -> No
 
 
 READS_AHEAD = 2  # reads the helper has been asked for and the relay has not taken yet
-
-_helper_store: ErpEventStore | None = None  # in the helper process
-_helper_position = 0  # where the helper's last read ended
-
-
-def _open_helper(database_url: str, relay_pid: int) -> None:
-    global _helper_store
-    threading.Thread(target=_exit_when_orphaned, args=(relay_pid,), daemon=True).start()
-    _helper_store = store_for(database_url, 1)
-    gc.collect()
-    gc.freeze()  # full collections would scan every module's objects (see `erp serve`)
-
-
-def _exit_when_orphaned(relay_pid: int) -> None:
-    """A relay killed outright cannot stop its helper: the helper stops itself."""
-    while os.getppid() == relay_pid:
-        time.sleep(0.5)
-    os._exit(0)
+_helper_position = 0  # in the helper process: where its last read ended
 
 
 def _helper_read(after: int | None, limit: int) -> list[OutgoingMessage]:
     """The messages of the next `limit` stored events after `after`, or after where the
     helper's last read ended: the helper runs its reads one at a time, in order."""
     global _helper_position
-    assert _helper_store is not None, "the helper was not opened"
-    with _helper_store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+    store = helper_store()
+    with store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
         rows = conn.execute(_SELECT, (_helper_position if after is None else after, limit)).fetchall()
-    messages = [to_message(_helper_store, row) for row in rows]
+    messages = [to_message(store, row) for row in rows]
     if messages:
         _helper_position = messages[-1].position
     return messages
-
-
-class ReadAhead:
-    """A helper process that reads stored events and turns them into messages: while the
-    relay publishes one read of a backlog, the helper prepares the next ones."""
-
-    def __init__(self, database_url: str) -> None:
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_open_helper, initargs=(database_url, os.getpid()))
-        # Started now, used once it is up (a second or so); until then the relay reads alone.
-        self._started = asyncio.get_running_loop().run_in_executor(self._pool, int)
-
-    @property
-    def ready(self) -> bool:
-        return self._started.done() and self._started.exception() is None
-
-    def read(self, after: int | None, limit: int) -> asyncio.Future[list[OutgoingMessage]]:
-        return asyncio.get_running_loop().run_in_executor(self._pool, _helper_read, after, limit)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Relay:
@@ -267,7 +226,7 @@ class Relay:
         self.published_position = 0  # confirmed in the stream
         self.published_total = 0
         self.read_ahead_total = 0  # events turned into messages by the helper process
-        self._read_ahead: ReadAhead | None = None  # started by the first backlog
+        self._helper: HelperProcesses | None = None  # started by the first backlog
         self.failures = 0
 
     async def run(self) -> None:
@@ -277,9 +236,9 @@ class Relay:
         try:
             await self._run(publisher)
         finally:
-            if self._read_ahead is not None:
-                self._read_ahead.close()
-                self._read_ahead = None
+            if self._helper is not None:
+                self._helper.close()
+                self._helper = None
             await publisher.close()
 
     async def _run(self, publisher: PipelinedPublisher) -> None:
@@ -320,13 +279,13 @@ class Relay:
                 if messages:
                     read_position = messages[-1].position
                 backlog = len(messages) == self._batch_size
-                if backlog and self._read_ahead is None:  # the first backlog starts the helper
-                    self._read_ahead = ReadAhead(self._database_url)
-                while backlog and self._read_ahead is not None and self._read_ahead.ready \
-                        and len(reads) < READS_AHEAD:
+                if backlog and self._helper is None:  # the first backlog starts the helper
+                    self._helper = HelperProcesses(self._database_url)
+                helper = self._helper
+                while backlog and helper is not None and helper.ready and len(reads) < READS_AHEAD:
                     # The first read asked of the helper says where to start; the next go on.
-                    reads.append(self._read_ahead.read(None if helped or reads else read_position,
-                                                       self._batch_size))
+                    after = None if helped or reads else read_position
+                    reads.append(helper.run(_helper_read, after, self._batch_size))
                 last = len(messages) - 1
                 for i, message in enumerate(messages):
                     header = header_block({**message.headers, **expect})

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from erp.bootstrap import Service, all_projections
 from erp.cli import main
-from projections.rebuild import EventStoreSource, rebuild
+from erp.helper_processes import HelperProcesses
+from projections.rebuild import EventStoreSource, rebuild, rebuild_many
 from tests.test_hrm_api import hire, ok
 from tests.test_procurement_api import approved
 
@@ -79,6 +80,31 @@ async def test_a_rebuild_equals_live_processing_row_by_row(
     assert len(listed) == 5
 
 
+async def test_a_rebuild_read_by_helper_processes_equals_live_processing(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    await build_history(client)
+    async with await psycopg.AsyncConnection.connect(service.endpoints.database_url, autocommit=True) as conn:
+        await conn.execute("SELECT nextval(pg_get_serial_sequence('erp_events', 'notification_id')) "
+                           "FROM generate_series(1, 20)")  # as saves rolled back do: a gap in the positions
+    for i in range(10):
+        await client.post(OPPORTUNITIES, json={"customer_id": "c", "title": f"after {i}", "owner": "o"})
+    await caught_up(service)
+    live = await rows(service)
+
+    helpers = HelperProcesses(service.endpoints.database_url, 2)
+    try:
+        await helpers.wait_ready()
+        source = EventStoreSource(service.store, service.endpoints.database_url, helpers=helpers)
+        rebuilt = await asyncio.wait_for(rebuild_many(service.endpoints.database_url, source,
+                                                      all_projections(), batch=7), timeout=60)
+    finally:
+        helpers.close()
+    assert source.helped == max(r.events for r in rebuilt) > 30
+    await caught_up(service)
+    assert await rows(service) == live
+
+
 async def test_a_rebuild_while_commands_keep_arriving_loses_nothing(
     client: httpx.AsyncClient, service: Service
 ) -> None:
@@ -91,7 +117,7 @@ async def test_a_rebuild_while_commands_keep_arriving_loses_nothing(
                                                         "owner": "o"})).json()["id"] for i in range(60)]
 
     rebuilt, during = await asyncio.gather(
-        rebuild(service.endpoints.database_url, EventStoreSource(service.store), opportunities, batch=10),
+        rebuild(service.endpoints.database_url, store_source(service), opportunities, batch=10),
         keep_opening())
     assert rebuilt.events >= 50 + 4  # the opened ones and the tenants' registrations
     await caught_up(service)
@@ -118,7 +144,7 @@ async def test_an_interrupted_rebuild_is_resumed_or_discarded(
         raise Interrupt(f"interrupted at {done} of {total}")
 
     with pytest.raises(Interrupt):
-        await rebuild(service.endpoints.database_url, EventStoreSource(service.store), payroll, batch=5,
+        await rebuild(service.endpoints.database_url, store_source(service), payroll, batch=5,
                       progress=stop_after_the_first_batch)
     status = (await asyncio.to_thread(cli, service, "projections", "status")).output
     assert "payroll" in status and "rebuild from the event store interrupted at 5" in status
@@ -133,10 +159,14 @@ async def test_an_interrupted_rebuild_is_resumed_or_discarded(
     assert await rows(service) == live
 
     with pytest.raises(Interrupt):
-        await rebuild(service.endpoints.database_url, EventStoreSource(service.store), payroll, batch=5,
+        await rebuild(service.endpoints.database_url, store_source(service), payroll, batch=5,
                       progress=stop_after_the_first_batch)
     discarded = await asyncio.to_thread(cli, service, "projections", "rebuild", "payroll", "--discard")
     assert discarded.exit_code == 0 and f"payroll: rebuilt from {head} events" in discarded.output
     await caught_up(service)
     assert await rows(service) == live
     assert "interrupted" not in (await asyncio.to_thread(cli, service, "projections", "list")).output
+
+
+def store_source(service: Service) -> EventStoreSource:
+    return EventStoreSource(service.store, service.endpoints.database_url)
