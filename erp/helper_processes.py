@@ -15,7 +15,8 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
@@ -48,6 +49,7 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 class HelperProcesses:
     def __init__(self, database_url: str, processes: int = 1) -> None:
+        self._processes = processes
         self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_open, initargs=(database_url, os.getpid()))
         # Started now (about a second each); `ready` says when they are up.
@@ -63,6 +65,23 @@ class HelperProcesses:
 
     def run(self, work: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         return asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
+
+    async def in_ranges(self, work: Callable[..., T], after: int, end: int, size: int,
+                        *args: Any) -> AsyncIterator[T]:
+        """`work(after, up_to, size, *args)` for each range (after, up_to] of log positions up to
+        `end`, `size` positions each (so at most `size` events: positions have gaps, never
+        duplicates), two per helper asked ahead; the results in order."""
+        ranges: deque[asyncio.Future[T]] = deque()
+        try:
+            while after < end or ranges:
+                while after < end and len(ranges) < 2 * self._processes:
+                    up_to = min(after + size, end)
+                    ranges.append(self.run(work, after, up_to, size, *args))
+                    after = up_to
+                yield await ranges.popleft()
+        finally:
+            for waiting in ranges:
+                waiting.cancel()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

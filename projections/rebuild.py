@@ -21,7 +21,6 @@ import contextlib
 import functools
 import gc
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -93,11 +92,10 @@ class Source(Protocol):
 _SUBJECTS = {get_topic(cls): publication.subject for cls, publication in PUBLICATIONS.items()}
 
 
-# A rebuild of more events than this has helper processes read and encode them (they take a
-# second or so to start): HELPERS of them, asked for up to RANGES_AHEAD ranges of positions.
+# A rebuild of more events than this has HELPERS helper processes read and encode them (they
+# take a second or so to start).
 HELPED_FROM = 20_000
 HELPERS = 2
-RANGES_AHEAD = 4
 
 
 def _encoded_range(after: int, up_to: int, limit: int, subjects: frozenset[str]) -> list[tuple[Any, ...]]:
@@ -156,17 +154,7 @@ class EventStoreSource:
 
     async def _helped_batches(self, helpers: HelperProcesses, after: int, end: int, size: int,
                               subjects: frozenset[str]) -> AsyncIterator[list[Read]]:
-        """The helper processes read ranges of log positions, a few ahead, and encode their events;
-        a range holds `size` events at most (positions have gaps, never duplicates)."""
-        ranges: deque[tuple[int, asyncio.Future[list[tuple[Any, ...]]]]] = deque()  # (up to, its events)
-        while after < end:
-            asked = ranges[-1][0] if ranges else after
-            while asked < end and len(ranges) < RANGES_AHEAD:
-                up_to = min(asked + size, end)
-                ranges.append((up_to, helpers.run(_encoded_range, asked, up_to, size, subjects)))
-                asked = up_to
-            after, reading = ranges.popleft()
-            found = await reading
+        async for found in helpers.in_ranges(_encoded_range, after, end, size, subjects):
             self.helped += len(found)
             if found:
                 yield [Read(position, position, subject, version, functools.partial(bytes, payload))

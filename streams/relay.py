@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -186,21 +186,24 @@ async def check_head(conn: psycopg.AsyncConnection[Any], head: StreamHead) -> No
         )
 
 
-READS_AHEAD = 2  # reads the helper has been asked for and the relay has not taken yet
-_helper_position = 0  # in the helper process: where its last read ended
+HELPERS = 2  # helper processes turning a backlog into messages
 
 
-def _helper_read(after: int | None, limit: int) -> list[OutgoingMessage]:
-    """The messages of the next `limit` stored events after `after`, or after where the
-    helper's last read ended: the helper runs its reads one at a time, in order."""
-    global _helper_position
+def _messages_between(after: int, up_to: int, limit: int) -> list[OutgoingMessage]:
+    """In a helper process: the messages of the stored events after `after` up to `up_to`."""
     store = helper_store()
     with store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
-        rows = conn.execute(_SELECT, (_helper_position if after is None else after, limit)).fetchall()
-    messages = [to_message(store, row) for row in rows]
-    if messages:
-        _helper_position = messages[-1].position
-    return messages
+        rows = conn.execute(SELECT_EVENTS_UP_TO, (after, up_to, limit)).fetchall()
+    return [to_message(store, row) for row in rows]
+
+
+@dataclass
+class _Chain:
+    """The publishes since a resume: each expects the one before it to be the stream's last."""
+
+    expect: dict[str, str]
+    in_flight: deque[_InFlight] = field(default_factory=deque)
+    unacknowledged: int = 0  # publishes since the last acknowledged one
 
 
 class Relay:
@@ -225,8 +228,8 @@ class Relay:
         self._ack_timeout = ack_timeout_seconds
         self.published_position = 0  # confirmed in the stream
         self.published_total = 0
-        self.read_ahead_total = 0  # events turned into messages by the helper process
-        self._helper: HelperProcesses | None = None  # started by the first backlog
+        self.read_ahead_total = 0  # events turned into messages by the helper processes
+        self._helpers: HelperProcesses | None = None  # started by the first backlog
         self.failures = 0
 
     async def run(self) -> None:
@@ -236,9 +239,9 @@ class Relay:
         try:
             await self._run(publisher)
         finally:
-            if self._helper is not None:
-                self._helper.close()
-                self._helper = None
+            if self._helpers is not None:
+                self._helpers.close()
+                self._helpers = None
             await publisher.close()
 
     async def _run(self, publisher: PipelinedPublisher) -> None:
@@ -263,53 +266,52 @@ class Relay:
         self, conn: psycopg.AsyncConnection[Any], publisher: PipelinedPublisher, head: StreamHead
     ) -> None:
         read_position = head.position
-        expect = {env.EXPECTED_LAST_SEQUENCE: str(head.last_seq)}
-        in_flight: deque[_InFlight] = deque()
-        unacknowledged = 0  # publishes since the last acknowledged one
-        reads: deque[asyncio.Future[list[OutgoingMessage]]] = deque()  # asked of the helper, in order
+        chain = _Chain({env.EXPECTED_LAST_SEQUENCE: str(head.last_seq)})
         try:
             while True:
-                helped = bool(reads)
-                if reads:
-                    messages = await reads.popleft()
-                    self.read_ahead_total += len(messages)
-                else:
-                    cursor = await conn.execute(_SELECT, (read_position, self._batch_size))
-                    messages = [to_message(self._store, row) for row in await cursor.fetchall()]
+                cursor = await conn.execute(_SELECT, (read_position, self._batch_size))
+                messages = [to_message(self._store, row) for row in await cursor.fetchall()]
+                await self._publish(publisher, chain, messages)
                 if messages:
                     read_position = messages[-1].position
-                backlog = len(messages) == self._batch_size
-                if backlog and self._helper is None:  # the first backlog starts the helper
-                    self._helper = HelperProcesses(self._database_url)
-                helper = self._helper
-                while backlog and helper is not None and helper.ready and len(reads) < READS_AHEAD:
-                    # The first read asked of the helper says where to start; the next go on.
-                    after = None if helped or reads else read_position
-                    reads.append(helper.run(_helper_read, after, self._batch_size))
-                last = len(messages) - 1
-                for i, message in enumerate(messages):
-                    header = header_block({**message.headers, **expect})
-                    expect = {env.EXPECTED_LAST_MSG_ID: message.headers[env.MSG_ID]}
-                    unacknowledged += 1
-                    if unacknowledged < ACK_EVERY and i < last:
-                        await publisher.send(message.subject, message.payload, header)
-                        continue
-                    try:
-                        future = await publisher.publish(message.subject, message.payload, header)
-                    except PublishRefused as error:
-                        raise StreamRefused(f"position {message.position}: {error}") from error
-                    in_flight.append(_InFlight(message.position, unacknowledged, future, time.monotonic()))
-                    unacknowledged = 0
-                    self._reap(in_flight)
-                if backlog or reads:
+                if len(messages) < self._batch_size:
+                    await self._settle(chain.in_flight)
+                    await wait_for_notifies(conn, self._idle)  # or the idle catch-up read
                     continue
-                await self._settle(in_flight)
-                await wait_for_notifies(conn, self._idle)  # or the idle catch-up read
+                if self._helpers is None:  # the first backlog starts them
+                    self._helpers = HelperProcesses(self._database_url, HELPERS)
+                if not self._helpers.ready:
+                    continue
+                cursor = await conn.execute(f"SELECT max(notification_id) FROM {EVENTS_TABLE}")
+                end = int((await cursor.fetchone() or {}).get("max") or read_position)
+                async for messages in self._helpers.in_ranges(_messages_between, read_position, end,
+                                                              self._batch_size):
+                    await self._publish(publisher, chain, messages)
+                    self.read_ahead_total += len(messages)
+                read_position = end
         finally:
-            for sent in in_flight:
+            for sent in chain.in_flight:
                 sent.future.cancel()
-            for read in reads:
-                read.cancel()
+
+    async def _publish(self, publisher: PipelinedPublisher, chain: _Chain,
+                       messages: list[OutgoingMessage]) -> None:
+        """Sends the messages in order; every `ACK_EVERY`th and the last ask for an acknowledgement."""
+        last = len(messages) - 1
+        for i, message in enumerate(messages):
+            header = header_block({**message.headers, **chain.expect})
+            chain.expect = {env.EXPECTED_LAST_MSG_ID: message.headers[env.MSG_ID]}
+            chain.unacknowledged += 1
+            if chain.unacknowledged < ACK_EVERY and i < last:
+                await publisher.send(message.subject, message.payload, header)
+                continue
+            try:
+                future = await publisher.publish(message.subject, message.payload, header)
+            except PublishRefused as error:
+                raise StreamRefused(f"position {message.position}: {error}") from error
+            sent = _InFlight(message.position, chain.unacknowledged, future, time.monotonic())
+            chain.in_flight.append(sent)
+            chain.unacknowledged = 0
+            self._reap(chain.in_flight)
 
     def _reap(self, in_flight: deque[_InFlight]) -> None:
         """Confirms acknowledged publishes in order; raises on the first refusal."""
