@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
@@ -67,7 +67,7 @@ class HelperProcesses:
         return asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
 
     async def in_ranges(self, work: Callable[..., T], after: int, end: int, size: int,
-                        *args: Any) -> AsyncIterator[T]:
+                        *args: Any) -> AsyncGenerator[T, None]:
         """`work(after, up_to, size, *args)` for each range (after, up_to] of log positions up to
         `end`, `size` positions each (so at most `size` events: positions have gaps, never
         duplicates), two per helper asked ahead; the results in order."""

@@ -154,11 +154,13 @@ class EventStoreSource:
 
     async def _helped_batches(self, helpers: HelperProcesses, after: int, end: int, size: int,
                               subjects: frozenset[str]) -> AsyncIterator[list[Read]]:
-        async for found in helpers.in_ranges(_encoded_range, after, end, size, subjects):
-            self.helped += len(found)
-            if found:
-                yield [Read(position, position, subject, version, functools.partial(bytes, payload))
-                       for position, subject, version, payload in found]
+        ranges = helpers.in_ranges(_encoded_range, after, end, size, subjects)
+        async with contextlib.aclosing(ranges):
+            async for found in ranges:
+                self.helped += len(found)
+                if found:
+                    yield [Read(position, position, subject, version, functools.partial(bytes, payload))
+                           for position, subject, version, payload in found]
 
     def _select(self, after: int, end: int, size: int) -> list[dict[str, Any]]:
         with self._store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]

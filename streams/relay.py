@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -284,10 +285,11 @@ class Relay:
                     continue
                 cursor = await conn.execute(f"SELECT max(notification_id) FROM {EVENTS_TABLE}")
                 end = int((await cursor.fetchone() or {}).get("max") or read_position)
-                async for messages in self._helpers.in_ranges(_messages_between, read_position, end,
-                                                              self._batch_size):
-                    await self._publish(publisher, chain, messages)
-                    self.read_ahead_total += len(messages)
+                ranges = self._helpers.in_ranges(_messages_between, read_position, end, self._batch_size)
+                async with contextlib.aclosing(ranges):  # a refusal leaves nothing asked
+                    async for messages in ranges:
+                        await self._publish(publisher, chain, messages)
+                        self.read_ahead_total += len(messages)
                 read_position = end
         finally:
             for sent in chain.in_flight:
