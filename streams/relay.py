@@ -11,10 +11,12 @@
   gets a gap or a reordering; the relay then settles what is in flight and resumes
   from the stream again. This needs the relay to be the stream's only writer, and
   only one relay is active (see leadership).
-- Turning a stored event into its message is most of the relay's CPU. While a backlog
-  is published, the next reads are turned into messages by a helper process
-  (erp/helper_processes.py), so both cores work on it; a live read (a few events after a
-  NOTIFY) stays in the relay.
+- Turning a stored event into its message is most of the relay's CPU. Once a read comes
+  back full (a backlog), the log up to its head is read in ranges of log positions by
+  `HELPERS` helper processes (erp/helper_processes.py), which turn them into messages
+  while the relay publishes the ranges before; a live read (a few events after a NOTIFY)
+  stays in the relay. Log positions are given in commit order (the event store locks
+  its table to insert), so none below the head can appear later.
 - Only every `ACK_EVERY`th publish, and the last of each read, asks for an
   acknowledgement. The chain makes one acknowledgement prove every publish before it:
   a stored message expected its predecessor to be the stream's last message, so that
