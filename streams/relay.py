@@ -15,8 +15,9 @@
   back full (a backlog), the log up to its head is read in ranges of log positions by
   `HELPERS` helper processes (erp/helper_processes.py), which turn them into messages
   while the relay publishes the ranges before; a live read (a few events after a NOTIFY)
-  stays in the relay. Log positions are given in commit order (the event store locks
-  its table to insert), so none below the head can appear later.
+  stays in the relay, and the helpers are stopped after a minute without a backlog. Log
+  positions are given in commit order (the event store locks its table to insert), so
+  none below the head can appear later.
 - Only every `ACK_EVERY`th publish, and the last of each read, asks for an
   acknowledgement. The chain makes one acknowledgement prove every publish before it:
   a stored message expected its predecessor to be the stream's last message, so that
@@ -220,6 +221,7 @@ class Relay:
         batch_size: int,
         idle_catch_up_seconds: float,
         ack_timeout_seconds: float,
+        helpers_kept_seconds: float = 60.0,
     ) -> None:
         self._store = store
         self._database_url = database_url
@@ -232,7 +234,9 @@ class Relay:
         self.published_position = 0  # confirmed in the stream
         self.published_total = 0
         self.read_ahead_total = 0  # events turned into messages by the helper processes
-        self._helpers: HelperProcesses | None = None  # started by the first backlog
+        self._helpers: HelperProcesses | None = None  # started by a backlog
+        self._helpers_kept = helpers_kept_seconds  # then stopped after this long without one
+        self._last_backlog = 0.0
         self.failures = 0
 
     async def run(self) -> None:
@@ -242,10 +246,13 @@ class Relay:
         try:
             await self._run(publisher)
         finally:
-            if self._helpers is not None:
-                self._helpers.close()
-                self._helpers = None
+            self._stop_helpers()
             await publisher.close()
+
+    def _stop_helpers(self) -> None:
+        if self._helpers is not None:
+            self._helpers.close()
+            self._helpers = None
 
     async def _run(self, publisher: PipelinedPublisher) -> None:
         async with await psycopg.AsyncConnection.connect(
@@ -278,10 +285,13 @@ class Relay:
                 if messages:
                     read_position = messages[-1].position
                 if len(messages) < self._batch_size:
+                    if time.monotonic() - self._last_backlog > self._helpers_kept:
+                        self._stop_helpers()  # idle processes hold memory and a connection
                     await self._settle(chain.in_flight)
                     await wait_for_notifies(conn, self._idle)  # or the idle catch-up read
                     continue
-                if self._helpers is None:  # the first backlog starts them
+                self._last_backlog = time.monotonic()
+                if self._helpers is None:  # a backlog starts them
                     self._helpers = HelperProcesses(self._database_url, HELPERS)
                 if not self._helpers.ready:
                     continue

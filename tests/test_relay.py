@@ -112,16 +112,24 @@ async def test_a_backlog_read_ahead_by_the_helper_process_is_published_in_order(
     await ensure_stream(js, "ERP", 1)
     store = await asyncio.to_thread(store_for, endpoints.database_url, 2)
     relay = Relay(store, endpoints.database_url, js._nc, "ERP", batch_size=40,
-                  idle_catch_up_seconds=0.2, ack_timeout_seconds=5)
+                  idle_catch_up_seconds=0.2, ack_timeout_seconds=5, helpers_kept_seconds=6)
     running = asyncio.create_task(relay.run())
     try:
         first = await asyncio.to_thread(record_history, endpoints.database_url, 100)  # a backlog
         await wait_until_published(js, first)
-        await asyncio.sleep(3)  # the helper process it started is up
+        helpers = {pid for pid in children(os.getpid())
+                   if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()}  # noqa: ASYNC240 - procfs
+        await asyncio.sleep(3)  # the helper processes it started are up
         more = await asyncio.to_thread(record_history, endpoints.database_url, 1_000)
         await wait_until_published(js, first + more)
         assert relay.read_ahead_total > more // 2
         await stream_matches_event_store(js, endpoints.database_url, first + more)
+
+        async def helpers_stopped() -> bool:  # after helpers_kept_seconds without a backlog
+            return not any(os.path.exists(f"/proc/{pid}") for pid in helpers)  # noqa: ASYNC240 - procfs
+
+        assert helpers
+        await eventually(helpers_stopped, timeout=15)
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
