@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 import nats
 
@@ -58,15 +59,37 @@ async def connect(url: str, name: str) -> NATS:
     return client
 
 
+NO_PEERS_FOR_PLACEMENT = 10005  # a cluster with a peer offline cannot place a replicated stream yet
+SETTLING_SECONDS = 30.0  # how long ensure_stream waits for a settling cluster
+
+
 async def ensure_stream(js: JetStreamContext, name: str, replicas: int) -> None:
+    """Creates or updates the stream; a cluster that is still settling (a peer offline, no
+    meta leader yet) is given `SETTLING_SECONDS` before the error is raised."""
     config = stream_config(name, replicas)
-    try:
-        await js.stream_info(name)
-    except NotFoundError:
-        await js.add_stream(config)
-        log.info("stream created", stream=name)
-        return
-    await js.update_stream(config)
+    deadline = asyncio.get_running_loop().time() + SETTLING_SECONDS
+    while True:
+        try:
+            try:
+                await js.stream_info(name)
+            except NotFoundError:
+                await js.add_stream(config)
+                log.info("stream created", stream=name)
+                return
+            await js.update_stream(config)
+            return
+        except (nats.errors.TimeoutError, APIError) as error:
+            if not _settling(error) or asyncio.get_running_loop().time() > deadline:
+                raise
+            log.warning("JetStream cluster settling; trying again", stream=name, error=str(error))
+            await asyncio.sleep(1.0)
+
+
+def _settling(error: Exception) -> bool:
+    """A cluster electing its meta leader or with a peer offline: worth waiting for."""
+    if isinstance(error, APIError):
+        return isinstance(error, ServiceUnavailableError) or error.err_code == NO_PEERS_FOR_PLACEMENT
+    return True  # a timeout
 
 
 def header(msg: Any, name: str) -> str | None:

@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nats.js.api import StreamConfig
+from nats.js.errors import APIError
 
 from erp.bootstrap import Endpoints
 from erp.eventstore import store_for
-from streams.jetstream import ensure_stream
+from streams.jetstream import NO_PEERS_FOR_PLACEMENT, ensure_stream
 from streams.publisher import PipelinedPublisher, header_block
 from streams.relay import Relay
 from tests.conftest import eventually, record_history, stream_matches_event_store, worker
@@ -189,3 +191,12 @@ async def test_a_header_block_reads_back_as_nats_py_would_have_sent_the_headers(
     finally:
         await publisher.close()
         await js.delete_stream("HEADERS")
+
+
+async def test_a_stream_the_server_cannot_make_is_refused_at_once_not_waited_for(js: Any) -> None:
+    """Only a settling cluster is waited for; a single server refuses replicas for good."""
+    started = time.monotonic()
+    with pytest.raises(APIError) as refused:
+        await ensure_stream(js, "REPLICATED", 3)
+    assert refused.value.err_code != NO_PEERS_FOR_PLACEMENT
+    assert time.monotonic() - started < 5
