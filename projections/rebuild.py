@@ -38,7 +38,7 @@ from projections.tenancy import isolate_tenants
 from streams import envelope as env
 from streams.catalogue import PUBLICATIONS
 from streams.jetstream import SUBJECTS, header
-from streams.relay import SELECT_EVENTS_UP_TO, encoded
+from streams.relay import encoded, rows_between
 
 Progress = Callable[[int, int], None]  # (position reached, position to reach)
 Interrupted = Literal["refuse", "resume", "discard"]
@@ -102,10 +102,8 @@ def _encoded_range(after: int, up_to: int, limit: int, subjects: frozenset[str])
     """In a helper process: the stored events after `after` up to `up_to`, those of
     `subjects` encoded, as (position, subject, aggregate version, payload)."""
     store = helper_store()
-    with store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
-        rows = conn.execute(SELECT_EVENTS_UP_TO, (after, up_to, limit)).fetchall()
     found = []
-    for row in rows:
+    for row in rows_between(store, after, up_to, limit):
         subject, payload = _SUBJECTS.get(row["topic"]), b""
         if subject is None or subject in subjects:
             event = encoded(store, row)
@@ -141,7 +139,7 @@ class EventStoreSource:
                     async for found in self._helped_batches(helpers, after, end, size, subjects):
                         yield found
                     return
-                rows = await asyncio.to_thread(self._select, after, end, size)
+                rows = await asyncio.to_thread(rows_between, self._store, after, end, size)
                 if not rows:
                     return
                 yield [Read(row["notification_id"], row["notification_id"], _SUBJECTS.get(row["topic"])
@@ -161,11 +159,6 @@ class EventStoreSource:
                 if found:
                     yield [Read(position, position, subject, version, functools.partial(bytes, payload))
                            for position, subject, version, payload in found]
-
-    def _select(self, after: int, end: int, size: int) -> list[dict[str, Any]]:
-        with self._store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
-            rows: list[dict[str, Any]] = conn.execute(SELECT_EVENTS_UP_TO, (after, end, size)).fetchall()
-            return rows
 
     def _payload(self, row: dict[str, Any]) -> bytes:
         return encoded(self._store, row).payload

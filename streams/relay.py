@@ -59,7 +59,7 @@ _SELECT = f"{_COLUMNS} WHERE notification_id > %s ORDER BY notification_id LIMIT
 # process a parsed message and a future, which were a third of the relay's CPU.
 ACK_EVERY = 100
 MAX_IN_FLIGHT = 4000  # publishes sent and not yet proven stored
-SELECT_EVENTS_UP_TO = (  # (after, up to, limit)
+_SELECT_UP_TO = (  # (after, up to, limit)
     f"{_COLUMNS} WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id LIMIT %s")
 
 
@@ -193,12 +193,17 @@ async def check_head(conn: psycopg.AsyncConnection[Any], head: StreamHead) -> No
 HELPERS = 2  # helper processes turning a backlog into messages
 
 
+def rows_between(store: ErpEventStore, after: int, up_to: int, limit: int) -> list[dict[str, Any]]:
+    """The rows of the stored events after log position `after` up to `up_to`, `limit` at most."""
+    with store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+        rows: list[dict[str, Any]] = conn.execute(_SELECT_UP_TO, (after, up_to, limit)).fetchall()
+        return rows
+
+
 def _messages_between(after: int, up_to: int, limit: int) -> list[OutgoingMessage]:
     """In a helper process: the messages of the stored events after `after` up to `up_to`."""
     store = helper_store()
-    with store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
-        rows = conn.execute(SELECT_EVENTS_UP_TO, (after, up_to, limit)).fetchall()
-    return [to_message(store, row) for row in rows]
+    return [to_message(store, row) for row in rows_between(store, after, up_to, limit)]
 
 
 @dataclass
