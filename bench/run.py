@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import uvloop
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -590,7 +591,7 @@ def rebuild_speed(s: Servers, report: Report, events: int, library_events: int) 
     four = [p for p in all_projections() if p.name in CORE]
     store = store_for(database_url, 2)
     try:
-        rebuilt = asyncio.run(rebuild_many(database_url, EventStoreSource(store, database_url), four))
+        rebuilt = uvloop.run(rebuild_many(database_url, EventStoreSource(store, database_url), four))
     finally:
         store.close()
     seconds = rebuilt[0].seconds

@@ -9,6 +9,7 @@ import uuid
 
 import click
 import structlog
+import uvloop
 
 from aggregates.errors import InvalidValue
 from erp import api_keys, logs
@@ -178,7 +179,7 @@ def _run_until_signal(settings: Settings, endpoints: Endpoints) -> None:
         finally:
             await service.stop()
 
-    asyncio.run(run())
+    uvloop.run(run())  # the event loop `erp serve` runs its API on, here for the workers too
 
 
 @main.group(help="The platform services we exchange events and calls with.")

@@ -13,6 +13,7 @@ from uuid import UUID
 
 import click
 import psycopg
+import uvloop
 from nats.js.api import DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
@@ -198,7 +199,7 @@ def rebuild_command(names: tuple[str, ...], everything: bool, from_stream: bool,
 
     try:
         try:
-            rebuilt = asyncio.run(run())
+            rebuilt = uvloop.run(run())
         except InterruptedRebuild as error:
             raise click.ClickException(f"{error} (--resume or --discard)") from None
         if sys.stdout.isatty():
@@ -248,7 +249,7 @@ def replay(name: str, from_position: int, to_position: int | None, event_types: 
         finally:
             await nc.close()
 
-    asyncio.run(publish())
+    uvloop.run(publish())
     click.echo(f"replayed {len(chosen)} events to replay.{name}.* in {REPLAY_STREAM}")
 
 
@@ -284,7 +285,7 @@ def recover_stream(yes: bool) -> None:
         finally:
             await nc.close()
 
-    asyncio.run(run())
+    uvloop.run(run())
 
 
 REPLAY_STREAM = "ERP_REPLAY"
