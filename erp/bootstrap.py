@@ -129,7 +129,7 @@ class Service:
                                              s.aggregate_cache_size)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             await ensure_schemas(conn)
-        self.committer = GroupCommitter(self.store, s.group_commit_max)
+        self.committer = GroupCommitter(self.store, url, s.group_commit_max)
         self.runner = CommandRunner(self.store, self.committer, s.command_retries)
         self.nc = await connect(self.endpoints.nats_url, name="erp-service")
         self.js = self.nc.jetstream(publish_async_max_pending=4000)

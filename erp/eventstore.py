@@ -18,15 +18,19 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
+import structlog
 from eventsourcing.application import Application, project_aggregate
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording, Transcoder
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, StoredEvent, Transcoder
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresFactory
+from psycopg_pool import AsyncConnectionPool
 
 from erp import schema
-from erp.idempotency import IdempotencyRecord, retried_unless_unreachable
+from erp.idempotency import ErpRecorder, IdempotencyRecord, retried_unless_unreachable
 from erp.snapshots import TypedSnapshot
 from erp.transcoding import MsgspecJSONTranscoder
+
+log = structlog.get_logger("erp.eventstore")
 
 EVENTS_TABLE = "erp_events"  # the application name "ERP" gives this table and NOTIFY channel
 
@@ -164,11 +168,6 @@ class CommitterStopped(Exception):
     """The service is stopping; the command's outcome is unknown (retry it)."""
 
 
-def _saved(aggregate: Aggregate, recordings: Sequence[Recording[UUID]]) -> Saved:
-    positions = [r.notification.id for r in recordings if r.notification.originator_id == aggregate.id]
-    return Saved(aggregate.id, aggregate.version, max(positions))
-
-
 @dataclass
 class _Waiting:
     """One command's aggregates, saved together or not at all."""
@@ -189,13 +188,22 @@ RECENTLY_SAVED = 10_000  # aggregates whose last saved version the committer rem
 
 
 class GroupCommitter:
-    def __init__(self, store: ErpEventStore, max_batch: int) -> None:
+    """Saves the commands waiting together in one transaction, on the event loop: each batch
+    is one call of the event store's insert function on an asynchronous connection of its
+    own, so a command needs no worker thread (and no hop back to the loop) to be saved."""
+
+    def __init__(self, store: ErpEventStore, database_url: str, max_batch: int) -> None:
         self._store = store
         self._max_batch = max_batch
         self._waiting: deque[_Waiting] = deque()
         self._wake = asyncio.Event()
         self._stopped = False
         self._saved: OrderedDict[UUID, int] = OrderedDict()  # recently saved here: id -> version
+        # One connection: batches are committed one after the other.
+        self._pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            database_url, min_size=1, max_size=1, open=False,
+            kwargs={"autocommit": True, "application_name": "erp-commit"},
+            timeout=POOL_WAIT_SECONDS, reconnect_timeout=POOL_RECONNECT_SECONDS)
 
     async def save(
         self, *aggregates: Aggregate, idempotency: IdempotencyRecord | None = None
@@ -213,6 +221,7 @@ class GroupCommitter:
 
     async def run(self) -> None:
         try:
+            await self._pool.open()
             while True:
                 await self._wake.wait()
                 self._wake.clear()
@@ -223,10 +232,11 @@ class GroupCommitter:
             stopped = CommitterStopped("the service stopped before the command was saved")
             while self._waiting:
                 _answer(self._waiting.popleft(), stopped)
+            await self._pool.close()
 
     async def _commit(self, batch: list[_Waiting]) -> None:
         try:
-            outcomes = await asyncio.to_thread(self._save_batch, batch)
+            outcomes = await self._save_batch(batch)
         except BaseException:
             unknown = CommitterStopped("the service stopped while saving; the outcome is unknown")
             for waiting in batch:
@@ -275,22 +285,51 @@ class GroupCommitter:
         self._waiting.extendleft(reversed(later))
         return batch
 
-    def _save_batch(self, batch: list[_Waiting]) -> list[Outcome]:
+    async def _save_batch(self, batch: list[_Waiting]) -> list[Outcome]:
         pending = [[list(a.pending_events) for a in w.aggregates] for w in batch]
         everything = [a for w in batch for a in w.aggregates]
         keys = [w.idempotency for w in batch if w.idempotency is not None]
         try:
-            recordings = self._store.save(*everything, idempotency=keys)
-            self._cache(everything)
-            return [[_saved(a, recordings) for a in w.aggregates] for w in batch]
+            positions = await self._record(everything, keys)
+            return [[Saved(a.id, a.version, positions[a.id]) for a in w.aggregates] for w in batch]
         except IntegrityError:
             for waiting, events in zip(batch, pending, strict=True):
                 for aggregate, mine in zip(waiting.aggregates, events, strict=True):
                     aggregate.pending_events[:] = mine
-            return [self._save_one(w.aggregates, events, w.idempotency)
+            return [await self._save_one(w.aggregates, events, w.idempotency)
                     for w, events in zip(batch, pending, strict=True)]
         except Exception as error:
             return [error for _ in batch]
+
+    async def _record(self, aggregates: Sequence[Aggregate],
+                      keys: Sequence[IdempotencyRecord]) -> dict[UUID | str, int]:
+        """Stores the aggregates' pending events and the keys in one transaction; the log
+        position of each aggregate's last event. What the library's `Application.save` does
+        for the event store, with the snapshots and the cache of `_snapshot` and `_cache`."""
+        stored = [self._store.mapper.to_stored_event(e) for a in aggregates for e in a.collect_events()]
+        recorder: ErpRecorder = self._store.recorder  # type: ignore[assignment]
+        positions = await recorder.insert_events_async(self._pool, stored, keys)
+        await self._snapshot(stored, aggregates)
+        self._cache(aggregates)
+        return {e.originator_id: position for e, position in zip(stored, positions, strict=True)}
+
+    async def _snapshot(self, stored: Sequence[StoredEvent], aggregates: Sequence[Aggregate]) -> None:
+        """A snapshot of each aggregate whose events reached a multiple of its snapshot
+        interval, taken from the aggregate as saved. A snapshot that fails is only logged:
+        the events are stored, and the aggregate loads from an older snapshot meanwhile."""
+        intervals = self._store.snapshotting_intervals or {}
+        by_id: dict[UUID | str, Aggregate] = {a.id: a for a in aggregates}
+        reached = {e.originator_id for e in stored
+                   if (every := intervals.get(type(by_id[e.originator_id])))
+                   and e.originator_version % every == 0}
+        if not reached or self._store.snapshots is None:
+            return
+        snapshots = [TypedSnapshot.take(by_id[aggregate_id]) for aggregate_id in reached]
+        try:
+            await asyncio.to_thread(self._store.snapshots.put, snapshots)
+        except Exception as error:
+            log.warning("snapshot not taken", aggregates=[str(s.originator_id) for s in snapshots],
+                        error=repr(error))
 
     def _cache(self, saved: Sequence[Aggregate]) -> None:
         """Saved aggregates go into the store's cache as saved (the library leaves them out
@@ -302,22 +341,19 @@ class GroupCommitter:
             for aggregate in saved:
                 cache.put(aggregate.id, aggregate)
 
-    def _save_one(
+    async def _save_one(
         self,
         aggregates: tuple[Aggregate, ...],
         pending: list[list[Any]],
         idempotency: IdempotencyRecord | None = None,
     ) -> Outcome:
         try:
-            recordings = self._store.save(
-                *aggregates, idempotency=[idempotency] if idempotency else []
-            )
-            self._cache(aggregates)
-            return [_saved(a, recordings) for a in aggregates]
+            positions = await self._record(aggregates, [idempotency] if idempotency else [])
+            return [Saved(a.id, a.version, positions[a.id]) for a in aggregates]
         except IntegrityError:
-            # The library retries a save whose connection broke: if the first try had
-            # committed, the retry clashes with our own events. Those are a success.
-            stored = self._stored_as_ours(aggregates, pending)
+            # A save whose connection broke is tried again: if the first try had committed,
+            # the retry clashes with our own events. Those are a success.
+            stored = await asyncio.to_thread(self._stored_as_ours, aggregates, pending)
             if stored is not None:
                 return stored
             ids = ", ".join(str(a.id) for a in aggregates)

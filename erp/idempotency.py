@@ -19,7 +19,7 @@ from uuid import UUID
 
 import psycopg
 import structlog
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.sql import SQL, Composed, Identifier
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -161,20 +161,44 @@ class ErpRecorder(schema.CreatedOnce, PostgresApplicationRecorder):
                            "%s::text[], %s::text[], %s::text[], %s::uuid[], %s::bigint[])"
                            ).format(self.insert_function)
 
+    def _insert_params(self, stored_events: Sequence[StoredEvent],
+                       keys: Sequence[IdempotencyRecord]) -> tuple[list[Any], ...]:
+        return ([e.originator_id for e in stored_events], [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events], [e.state for e in stored_events],
+                [k.tenant_id for k in keys], [k.key for k in keys], [k.fingerprint for k in keys],
+                [k.aggregate_id for k in keys], [k.version for k in keys])
+
     @retried_so
     def insert_events(self, stored_events: Sequence[StoredEvent], *,
                       idempotency: Sequence[IdempotencyRecord] = (), **_: Any) -> list[int]:
         """Stores the events (and the command's idempotency keys); their notification ids, in order."""
-        keys = list(idempotency)
         with self.datastore.get_connection() as conn:
-            rows = conn.execute(self._insert, (
-                [e.originator_id for e in stored_events], [e.originator_version for e in stored_events],
-                [e.topic for e in stored_events], [e.state for e in stored_events],
-                [k.tenant_id for k in keys], [k.key for k in keys], [k.fingerprint for k in keys],
-                [k.aggregate_id for k in keys], [k.version for k in keys],
-            ), prepare=True).fetchall()
+            rows = conn.execute(self._insert, self._insert_params(stored_events, idempotency),
+                                prepare=True).fetchall()
         # Numbered as inserted, in the events' order: sorted, they pair with the events.
         return sorted(next(iter(row.values())) for row in rows)
+
+    async def insert_events_async(self, pool: AsyncConnectionPool[Any], stored_events: Sequence[StoredEvent],
+                                  idempotency: Sequence[IdempotencyRecord]) -> list[int]:
+        """`insert_events` on a connection of `pool`, tried as that is, with errors in the
+        library's terms (IntegrityError for a clash, OperationalError and InterfaceError for
+        a database that is away)."""
+        params = self._insert_params(stored_events, idempotency)
+        for attempt in itertools.count(1):
+            try:
+                async with pool.connection() as conn:
+                    rows = await (await conn.execute(self._insert, params, prepare=True)).fetchall()
+                return sorted(row[0] for row in rows)
+            except psycopg.IntegrityError as error:
+                raise IntegrityError(str(error)) from error
+            except PoolTimeout as error:  # unreachable: each try would wait out the pool again
+                raise OperationalError(str(error)) from error
+            except (psycopg.OperationalError, psycopg.InterfaceError) as error:  # a broken connection
+                if attempt == _TRIES:
+                    kind = InterfaceError if isinstance(error, psycopg.InterfaceError) else OperationalError
+                    raise kind(str(error)) from error
+                await asyncio.sleep(_RETRY_WAIT_SECONDS)
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def find(recorder: PostgresApplicationRecorder, tenant_id: str, key: str) -> dict[str, Any] | None:

@@ -38,8 +38,8 @@ async def store(database_url: str) -> AsyncIterator[ErpEventStore]:
 
 
 @pytest.fixture
-async def committer(store: ErpEventStore) -> AsyncIterator[GroupCommitter]:
-    running = GroupCommitter(store, max_batch=64)
+async def committer(store: ErpEventStore, database_url: str) -> AsyncIterator[GroupCommitter]:
+    running = GroupCommitter(store, database_url, max_batch=64)
     task = asyncio.create_task(running.run())
     yield running
     task.cancel()
@@ -77,21 +77,21 @@ async def test_a_clash_is_answered_to_the_loser_only(
 async def test_a_commit_whose_answer_was_lost_is_recognised_as_ours(
     committer: GroupCommitter, store: ErpEventStore
 ) -> None:
-    """The library retries a save whose connection broke; if the first try had committed,
+    """A save whose connection broke is tried again; if the first try had committed,
     the retry clashes with our own events, which is a success, not a conflict."""
     o = opportunity()
     o.win(Decimal("10"))
     pending = list(o.pending_events)
     store.save(o)  # committed, but pretend the answer never came
     o.pending_events[:] = pending
-    outcome = committer._save_one((o,), [pending])
+    outcome = await committer._save_one((o,), [pending])
     assert not isinstance(outcome, BaseException)
     assert outcome[0].version == 2 and outcome[0].position == 2
 
     rival: Opportunity = store.repository.get(o.id, version=1)  # decided on the older version
     rival.change_stage("proposal")  # its version 2 is not the stored one
     theirs = list(rival.pending_events)
-    assert isinstance(committer._save_one((rival,), [theirs]), VersionConflict)
+    assert isinstance(await committer._save_one((rival,), [theirs]), VersionConflict)
 
 
 async def test_several_aggregates_of_one_command_are_saved_together_or_not_at_all(
@@ -110,8 +110,9 @@ async def test_several_aggregates_of_one_command_are_saved_together_or_not_at_al
     assert store.recorder.select_events(fresh.id) == []  # not saved without its partner
 
 
-async def test_a_stopped_committer_refuses_instead_of_hanging(store: ErpEventStore) -> None:
-    committer = GroupCommitter(store, max_batch=8)
+async def test_a_stopped_committer_refuses_instead_of_hanging(store: ErpEventStore,
+                                                              database_url: str) -> None:
+    committer = GroupCommitter(store, database_url, max_batch=8)
     task = asyncio.create_task(committer.run())
     await asyncio.sleep(0)
     task.cancel()
@@ -157,7 +158,7 @@ async def test_an_aggregate_saved_here_is_cached_as_saved_and_still_brought_up_t
     library leaves saved aggregates out of a fast-forwarding cache)."""
     store = await asyncio.to_thread(store_for, database_url, 2, cache_size=100)
     other = await asyncio.to_thread(store_for, database_url, 2, cache_size=100)
-    committer = GroupCommitter(store, max_batch=64)
+    committer = GroupCommitter(store, database_url, max_batch=64)
     task = asyncio.create_task(committer.run())
     try:
         assert store.repository.cache is not None
@@ -215,7 +216,7 @@ async def cached_runner(database_url: str) -> AsyncIterator[tuple[CommandRunner,
     and another instance's store on the same database."""
     store = await asyncio.to_thread(store_for, database_url, 2, cache_size=100)
     other = await asyncio.to_thread(store_for, database_url, 2)
-    committer = GroupCommitter(store, max_batch=64)
+    committer = GroupCommitter(store, database_url, max_batch=64)
     task = asyncio.create_task(committer.run())
     runner = CommandRunner(store, committer, retries=0)
     await tenancy.register(runner, CommandContext("t", EventMetadata("t", "x", "x")), name="T Ltd")
