@@ -122,10 +122,11 @@ class ServiceProcess:
         raise AssertionError(f"{self.name} not ready within {timeout} s:\n{self.log_tail()}")
 
     async def readiness(self) -> dict[str, Any]:
-        """/readyz's body, and its status code under "code"."""
+        """/readyz's body, its status code under "code" and its headers under "headers"."""
         async with httpx.AsyncClient(base_url=self.url, timeout=2) as http:
             response = await http.get("/readyz")
-            found: dict[str, Any] = response.json() | {"code": response.status_code}
+            found: dict[str, Any] = response.json() | {"code": response.status_code,
+                                                       "headers": dict(response.headers)}
             return found
 
     async def metrics(self) -> str:

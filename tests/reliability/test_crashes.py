@@ -387,6 +387,8 @@ async def test_the_survivor_of_two_instances_takes_every_role_over_when_the_lead
     await registered(own)
     first = await services.start("first")
     second = await services.start("second")
+    headers = (await first.readiness())["headers"]  # as `erp serve` answers, through uvicorn
+    assert "server" not in headers and headers["x-content-type-options"] == "nosniff"
 
     async def roles() -> dict[str, set[str]]:
         return {s.name: set((await s.readiness())["leading"]) for s in (first, second)}
