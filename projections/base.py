@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
 import psycopg
 from psycopg import abc as pg_abc
 from psycopg import pq
@@ -71,27 +72,68 @@ class Statements:
 
     Measured against binding them on the client and sending one query text, for a live
     one-event batch (four statements): client CPU 0.38 → 0.20 ms, PostgreSQL's 0.41 → 0.25 ms;
-    against psycopg's own pipeline, for a rebuild: ~40 → ~10 µs of client CPU per statement."""
+    against psycopg's own pipeline, for a rebuild: ~40 → ~10 µs of client CPU per statement.
+
+    A projection may also give rows to a *row-set statement* (`add_row`): one that applies a
+    JSON array of rows, `%(rows)s`, in one execution. The rows of one key (an aggregate) run in
+    the order given: its first row in the first execution of the batch, its second in the
+    next, and so on; rows of different keys share executions, so such a statement's effect on
+    one key must not depend on another key's rows. Measured on 90,000 opportunity events in
+    batches of 5,000: client CPU 21-22 → 3 µs per event, PostgreSQL's 38-41 → 23-25 µs."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
         self._queued: list[tuple[str, Any]] = []
+        self._rounds: list[dict[str, list[Any]]] = []  # per round: row-set statement -> rows
+        self._used: dict[Any, int] = {}  # key -> rounds it has a row in
 
     def add(self, query: str, params: Any = None) -> None:
+        self._queue_rows()  # after every row given before it
         self._queued.append((query, params))
 
     def add_many(self, query: str, params: Iterable[Any]) -> None:
         for one in params:
             self.add(query, one)
 
+    def add_row(self, query: str, key: Any, row: dict[str, Any]) -> None:
+        """A row for `query`, which reads its rows from `%(rows)s` (a JSON array), after
+        every row of `key` given before it."""
+        used = self._used.get(key, 0)
+        self._used[key] = used + 1
+        if used == len(self._rounds):
+            self._rounds.append({})
+        self._rounds[used].setdefault(query, []).append(row)
+
     def __len__(self) -> int:
-        return len(self._queued)
+        """Statements to run (a row-set statement once per round it has rows in)."""
+        return len(self._queued) + sum(len(statements) for statements in self._rounds)
 
     async def send(self) -> None:
         """Runs them in one transaction (the connection in autocommit mode, no transaction open)."""
+        self._queue_rows()
         queued, self._queued = self._queued, []
         if queued:
             await _pipelined(self._conn, queued)
+
+    def _queue_rows(self) -> None:
+        for statements in self._rounds:
+            for query, rows in statements.items():
+                self._queued.append((query, {"rows": _rows_encoder.encode(rows).decode()}))
+        self._rounds.clear()
+        self._used.clear()
+
+
+_rows_encoder = msgspec.json.Encoder(decimal_format="number")  # exact into numeric columns
+# The row-set statements join their rows to the read model by its primary key. The planner
+# guesses 100 rows for any JSON row set and, for that many, would hash-join them against a
+# scan of the whole table; a connection applying projections plans nested loops instead (an
+# index lookup per row), whatever the batch.
+FOR_ROW_SETS = "SET enable_hashjoin = off; SET enable_mergejoin = off"
+
+
+def rows_of(columns: str) -> str:
+    """The rows of a row-set statement, `r`, with these columns (`name type, …`)."""
+    return f"jsonb_to_recordset(%(rows)s::jsonb) AS r({columns})"
 
 
 # -- statements in one libpq pipeline ----------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from projections.base import Delivered, Statements
+from projections.base import Delivered, Statements, rows_of
 from streams.events import crm as c
 
 DDL = """
@@ -51,60 +51,70 @@ CREATE TABLE IF NOT EXISTS opportunity_stage_history (
 );
 """
 
-# Each change applies only on top of the version before it, so a replayed event is a no-op.
-_OPENED = """
-INSERT INTO opportunities (opportunity_id, tenant_id, customer_id, title, owner, stage, status,
-    probability, amount, currency, expected_close, source_lead_id, version, opened_position,
-    log_position, opened_at, updated_at)
-VALUES (%(id)s, %(tenant)s, %(customer_id)s, %(title)s, %(owner)s, %(stage)s, 'open', %(probability)s,
-    %(amount)s, %(currency)s, %(expected_close)s, %(source_lead_id)s, %(v)s, %(pos)s, %(pos)s, %(at)s, %(at)s)
-ON CONFLICT (opportunity_id) DO NOTHING
-"""
-_NEXT = "version = %(v)s, log_position = %(pos)s, updated_at = %(at)s"
-_WHERE = "WHERE opportunity_id = %(id)s AND version = %(v)s - 1"
-_UPDATED = f"""
-UPDATE opportunities SET title = coalesce(%(title)s, title), owner = coalesce(%(owner)s, owner),
-    amount = coalesce(%(amount)s, amount),
-    expected_close = coalesce(%(expected_close)s::date, expected_close),
-    probability = coalesce(%(probability)s, probability), {_NEXT} {_WHERE}
-"""
-_STAGE_CHANGED = f"""
-UPDATE opportunities SET stage = %(stage)s, probability = %(probability)s, {_NEXT} {_WHERE}
-"""
-_WON = f"""
-UPDATE opportunities SET status = 'won', probability = 100, amount = %(amount)s, {_NEXT} {_WHERE}
-"""
-_LOST = f"""
-UPDATE opportunities SET status = 'lost', probability = 0, lost_reason = %(reason)s,
-    competitor = %(competitor)s, {_NEXT} {_WHERE}
-"""
-_INVOICED = f"""
-UPDATE opportunities SET invoice_id = %(invoice_id)s, invoice_status = %(status)s, {_NEXT} {_WHERE}
-"""
-_REOPENED = f"""
-UPDATE opportunities SET status = 'open', stage = %(stage)s, probability = %(probability)s,
-    lost_reason = NULL, competitor = NULL, {_NEXT} {_WHERE}
-"""
-
-
-def _with_history(change: str) -> str:
-    """`change` to the opportunity's row and, if it changed it, the stage history row it makes
-    (the row's stage after the change), in one statement."""
-    return f"""
-WITH changed AS ({change} RETURNING opportunity_id, tenant_id, stage)
+# Row-set statements (`Statements.add_row`): each applies the rows of a batch in one
+# execution. A change applies only on top of the version before it, so a replayed event is a
+# no-op; a change that makes a stage history row (the row's stage after the change) writes it
+# in the same statement.
+_STEP = "id uuid, v integer, pos bigint, at timestamptz"
+_HISTORY = "history_status text, history_probability integer, history_reason text"
+_INTO_HISTORY = """
 INSERT INTO opportunity_stage_history (opportunity_id, version, tenant_id, stage, status,
-    probability, reason, changed_at)
-SELECT opportunity_id, %(v)s, tenant_id, stage, %(history_status)s, %(history_probability)s,
-    %(history_reason)s, %(at)s FROM changed
+    probability, reason, changed_at)"""
+
+_OPENED = f"""
+WITH opened AS (
+    INSERT INTO opportunities (opportunity_id, tenant_id, customer_id, title, owner, stage, status,
+        probability, amount, currency, expected_close, source_lead_id, version, opened_position,
+        log_position, opened_at, updated_at)
+    SELECT r.id, r.tenant, r.customer_id, r.title, r.owner, r.stage, 'open', r.probability, r.amount,
+        r.currency, r.expected_close, r.source_lead_id, r.v, r.pos, r.pos, r.at, r.at
+    FROM {rows_of(f"{_STEP}, tenant text, customer_id text, title text, owner text, stage text, "
+                  "probability integer, amount numeric, currency text, expected_close date, "
+                  "source_lead_id text")}
+    ON CONFLICT (opportunity_id) DO NOTHING
+    RETURNING opportunity_id, version, tenant_id, stage, probability, opened_at)
+{_INTO_HISTORY}
+SELECT opportunity_id, version, tenant_id, stage, 'open', probability, NULL, opened_at FROM opened
 ON CONFLICT DO NOTHING
 """
 
 
-_OPENED_WITH_HISTORY = _with_history(_OPENED)
-_STAGE_CHANGED_WITH_HISTORY = _with_history(_STAGE_CHANGED)
-_WON_WITH_HISTORY = _with_history(_WON)
-_LOST_WITH_HISTORY = _with_history(_LOST)
-_REOPENED_WITH_HISTORY = _with_history(_REOPENED)
+def _change(columns: str, assignments: str, *, history: bool = False) -> str:
+    """A change to opportunities in `r` (`columns` besides the step's), each on top of the
+    version before it; with `history`, the stage history row it makes."""
+    if history:
+        columns = f"{columns}, {_HISTORY}"
+    update = f"""
+UPDATE opportunities o SET {assignments}, version = r.v, log_position = r.pos, updated_at = r.at
+FROM {rows_of(f"{_STEP}, {columns}")}
+WHERE o.opportunity_id = r.id AND o.version = r.v - 1"""
+    if not history:
+        return update
+    return f"""
+WITH changed AS ({update}
+    RETURNING o.opportunity_id, r.v, o.tenant_id, o.stage, r.history_status, r.history_probability,
+        r.history_reason, r.at)
+{_INTO_HISTORY}
+SELECT * FROM changed
+ON CONFLICT DO NOTHING
+"""
+
+
+_UPDATED = _change(
+    "title text, owner text, amount numeric, expected_close date, probability integer",
+    "title = coalesce(r.title, o.title), owner = coalesce(r.owner, o.owner), "
+    "amount = coalesce(r.amount, o.amount), expected_close = coalesce(r.expected_close, o.expected_close), "
+    "probability = coalesce(r.probability, o.probability)")
+_STAGE_CHANGED = _change("stage text, probability integer", "stage = r.stage, probability = r.probability",
+                         history=True)
+_WON = _change("amount numeric", "status = 'won', probability = 100, amount = r.amount", history=True)
+_LOST = _change("reason text, competitor text",
+                "status = 'lost', probability = 0, lost_reason = r.reason, competitor = r.competitor",
+                history=True)
+_INVOICED = _change("invoice_id text, status text", "invoice_id = r.invoice_id, invoice_status = r.status")
+_REOPENED = _change("stage text, probability integer",
+                    "status = 'open', stage = r.stage, probability = r.probability, lost_reason = NULL, "
+                    "competitor = NULL", history=True)
 
 
 class OpportunitiesProjection:
@@ -126,36 +136,36 @@ class OpportunitiesProjection:
     def apply(self, out: Statements, event: Delivered) -> None:
         assert event.envelope is not None
         data: Any = event.envelope.data
-        at = event.envelope.timestamp
-        step = {"id": data.opportunity_id, "v": event.aggregate_version, "pos": event.log_position, "at": at}
+        key = data.opportunity_id
+        step = {"id": key, "v": event.aggregate_version, "pos": event.log_position,
+                "at": event.envelope.timestamp}
 
         def history(status: str, probability: int, reason: str | None = None) -> dict[str, Any]:
             return {"history_status": status, "history_probability": probability, "history_reason": reason}
 
         match data:
             case c.OpportunityOpened():
-                out.add(_OPENED_WITH_HISTORY, {
-                    **step, **history("open", data.probability), "tenant": event.envelope.tenant_id,
-                    "customer_id": data.customer_id, "title": data.title, "owner": data.owner,
-                    "stage": data.stage, "probability": data.probability, "amount": data.amount,
-                    "currency": data.currency, "expected_close": data.expected_close,
-                    "source_lead_id": data.source_lead_id,
+                out.add_row(_OPENED, key, {
+                    **step, "tenant": event.envelope.tenant_id, "customer_id": data.customer_id,
+                    "title": data.title, "owner": data.owner, "stage": data.stage,
+                    "probability": data.probability, "amount": data.amount, "currency": data.currency,
+                    "expected_close": data.expected_close, "source_lead_id": data.source_lead_id,
                 })
             case c.OpportunityUpdated():
-                out.add(_UPDATED, {
+                out.add_row(_UPDATED, key, {
                     **step, "title": data.title, "owner": data.owner, "amount": data.amount,
                     "expected_close": data.expected_close, "probability": data.probability,
                 })
             case c.OpportunityStageChanged():
-                out.add(_STAGE_CHANGED_WITH_HISTORY, {**step, **history("open", data.probability),
-                                                      "stage": data.stage, "probability": data.probability})
+                out.add_row(_STAGE_CHANGED, key, {**step, **history("open", data.probability),
+                                                  "stage": data.stage, "probability": data.probability})
             case c.OpportunityWon():
-                out.add(_WON_WITH_HISTORY, {**step, **history("won", 100), "amount": data.amount})
+                out.add_row(_WON, key, {**step, **history("won", 100), "amount": data.amount})
             case c.OpportunityLost():
-                out.add(_LOST_WITH_HISTORY, {**step, **history("lost", 0, data.reason),
-                                             "reason": data.reason, "competitor": data.competitor})
+                out.add_row(_LOST, key, {**step, **history("lost", 0, data.reason),
+                                         "reason": data.reason, "competitor": data.competitor})
             case c.OpportunityInvoiceLinked():
-                out.add(_INVOICED, {**step, "invoice_id": data.invoice_id, "status": data.status})
+                out.add_row(_INVOICED, key, {**step, "invoice_id": data.invoice_id, "status": data.status})
             case c.OpportunityReopened():
-                out.add(_REOPENED_WITH_HISTORY, {**step, **history("open", data.probability, data.reason),
-                                                 "stage": data.stage, "probability": data.probability})
+                out.add_row(_REOPENED, key, {**step, **history("open", data.probability, data.reason),
+                                             "stage": data.stage, "probability": data.probability})

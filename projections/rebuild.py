@@ -33,7 +33,14 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from erp.eventstore import ErpEventStore
 from erp.helper_processes import HelperProcesses, helper_store
-from projections.base import POSITIONS_CHANNEL, Delivered, Projection, Statements, positions_payload
+from projections.base import (
+    FOR_ROW_SETS,
+    POSITIONS_CHANNEL,
+    Delivered,
+    Projection,
+    Statements,
+    positions_payload,
+)
 from projections.tenancy import isolate_tenants
 from streams import envelope as env
 from streams.catalogue import PUBLICATIONS
@@ -275,6 +282,7 @@ async def rebuild_many(database_url: str, source: Source, projections: Sequence[
             # A batch commits with its progress: after a crash the rebuild resumes from the last
             # batch that survived, so it need not wait for the disk.
             await conn.execute("SET synchronous_commit TO off")
+            await conn.execute(FOR_ROW_SETS)
             targets.append(_Target(projection, conn, seq, position))
         end = await source.end()
         applying: asyncio.Future[Any] | None = None  # the batch PostgreSQL is applying

@@ -42,6 +42,7 @@ from erp import schema
 from projections.base import (
     CHECKPOINT_MOVED,
     CHECKPOINTS_DDL,
+    FOR_ROW_SETS,
     POSITIONS_CHANNEL,
     Delivered,
     Projection,
@@ -235,6 +236,7 @@ class ProjectorGroup:
                 conns[runner] = await stack.enter_async_context(await psycopg.AsyncConnection.connect(
                     self._database_url, autocommit=True,
                     application_name=f"erp-projector-{runner.projection.name}"))
+                await conns[runner].execute(FOR_ROW_SETS)
                 await ensure_schema(conns[runner], runner.projection)
             while True:
                 for runner in self.runners:

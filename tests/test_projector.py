@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -11,9 +14,12 @@ import pytest
 
 from erp.bootstrap import Endpoints
 from erp.eventstore import store_for
-from projections.base import POSITIONS_CHANNEL, Delivered, Statements, read_positions
-from projections.opportunities import OpportunitiesProjection
+from projections.base import FOR_ROW_SETS, POSITIONS_CHANNEL, Delivered, Statements, read_positions
+from projections.opportunities import DDL, OpportunitiesProjection
 from projections.runner import Arrived, ProjectorGroup, ProjectorRunner, Resubscribe, ensure_schema
+from streams.catalogue import PUBLICATIONS
+from streams.envelope import Envelope
+from streams.events import crm as c
 from streams.events.crm import OpportunityOpened
 from streams.jetstream import ensure_stream
 from streams.relay import Relay
@@ -270,3 +276,95 @@ async def test_statements_run_all_or_nothing_with_values_kept_as_given(
             await out.send()
         cur = await conn.execute(f"SELECT count(*) FROM {table}")
         assert await cur.fetchone() == (count,)
+
+
+SUBJECT_OF = {publication.payload: publication.subject for publication in PUBLICATIONS.values()}
+
+
+def _history_of_every_kind(opportunities: int) -> list[Delivered]:
+    """Each opportunity's events one after another in every order the domain allows, the
+    opportunities interleaved, with the values a row-set statement must carry exactly."""
+    at = datetime(2026, 11, 25, 8, 30, 0, 123456, tzinfo=UTC)
+    lives: list[list[Any]] = []
+    for n in range(opportunities):
+        oid = uuid.uuid4()
+        amount = Decimal("1234567.89") + n
+        life: list[Any] = [
+            c.OpportunityOpened(opportunity_id=oid, customer_id=f"c{n}", title=f"Mkate wa ngano {n} — 'x' %s",
+                                owner="wanjiru", stage="qualification", probability=10, amount=amount,
+                                currency="KES", expected_close="2026-12-31" if n % 2 else None,
+                                source_lead_id=None if n % 3 else f"lead-{n}"),
+            c.OpportunityUpdated(opportunity_id=oid, title=None if n % 2 else "renamed",
+                                 amount=Decimal("0.01"), expected_close="2027-01-15", probability=None),
+            c.OpportunityStageChanged(opportunity_id=oid, stage="proposal", from_stage="qualification",
+                                      probability=60),
+        ]
+        if n % 3 == 0:
+            life.append(c.OpportunityWon(opportunity_id=oid, customer_id=f"c{n}", amount=amount * 2,
+                                         currency="KES"))
+            life.append(c.OpportunityInvoiceLinked(opportunity_id=oid, invoice_id=f"INV-{n}", status="draft"))
+        else:
+            life.append(c.OpportunityLost(opportunity_id=oid, reason="price",
+                                          competitor=None if n % 2 else "Acme"))
+            if n % 3 == 1:
+                life.append(c.OpportunityReopened(opportunity_id=oid, reason="back", from_status="lost",
+                                                  stage="negotiation", probability=80))
+                life.append(c.OpportunityUpdated(opportunity_id=oid, owner="otieno"))
+        lives.append(life)
+    delivered, position = [], 0
+    for step in range(max(len(life) for life in lives)):  # interleaved: step 1 of each, then step 2…
+        for life in lives:
+            if step < len(life):
+                position += 1
+                subject = SUBJECT_OF[type(life[step])]
+                delivered.append(Delivered(subject, position, position, step + 1, Envelope(
+                    event_id=uuid.uuid4(), event_type=subject, tenant_id="tenant-a",
+                    timestamp=at + timedelta(seconds=position), data=life[step])))
+    return delivered
+
+
+async def _opportunity_tables(conn: psycopg.AsyncConnection[Any]) -> tuple[list[Any], list[Any]]:
+    rows = await (await conn.execute("SELECT * FROM opportunities ORDER BY opportunity_id")).fetchall()
+    history = await (await conn.execute(
+        "SELECT * FROM opportunity_stage_history ORDER BY opportunity_id, version")).fetchall()
+    return rows, history
+
+
+async def test_a_batch_of_row_sets_equals_its_events_applied_one_at_a_time(endpoints: Endpoints) -> None:
+    """The opportunities projection's row-set statements: a whole history in one batch (an
+    opportunity's events in order, several opportunities sharing each execution) leaves the
+    tables as applying each event in its own transaction does, and applying it again changes
+    nothing."""
+    events = _history_of_every_kind(30)
+    projection = OpportunitiesProjection()
+    async with await psycopg.AsyncConnection.connect(endpoints.database_url, autocommit=True) as conn:
+        await conn.execute(FOR_ROW_SETS)
+        await conn.execute(DDL)
+        for event in events:
+            out = Statements(conn)
+            projection.apply(out, event)
+            await out.send()
+        one_at_a_time = await _opportunity_tables(conn)
+        await conn.execute("TRUNCATE opportunities, opportunity_stage_history")
+        out = Statements(conn)
+        for event in events:
+            projection.apply(out, event)
+        # One execution per kind of change in each round: opened; updated; stage changed; won
+        # and lost; invoiced and reopened; updated — for 30 opportunities' events.
+        assert (len(events), len(out)) == (150, 8)
+        await out.send()
+        in_one_batch = await _opportunity_tables(conn)
+        for event in events:
+            projection.apply(out, event)
+        await out.send()
+        assert await _opportunity_tables(conn) == in_one_batch
+    assert in_one_batch == one_at_a_time
+    rows, history = in_one_batch
+    kinds = [type(e.envelope.data) for e in events if e.envelope is not None]
+    assert len(rows) == 30
+    no_history = kinds.count(c.OpportunityUpdated) + kinds.count(c.OpportunityInvoiceLinked)
+    assert len(history) == len(kinds) - no_history
+    by_title = {row[3]: row for row in rows}
+    assert by_title["Mkate wa ngano 1 — 'x' %s"][8] == Decimal("0.01")  # amount, to the cent
+    assert {row[5] for row in rows} == {"proposal", "negotiation"}
+    assert {row[6] for row in rows} == {"won", "lost", "open"}
