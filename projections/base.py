@@ -136,6 +136,18 @@ def rows_of(columns: str) -> str:
     return f"jsonb_to_recordset(%(rows)s::jsonb) AS r({columns})"
 
 
+STEP = "id uuid, v integer, pos bigint, at timestamptz"  # the columns of every versioned change
+
+
+def versioned_change(table: str, key: str, columns: str, assignments: str) -> str:
+    """A row-set statement: each row changes `table`'s row `t` of key `r.id` (`STEP` and
+    `columns`) only on top of the version before it, so a replayed event changes nothing."""
+    return f"""
+UPDATE {table} t SET {assignments}, version = r.v, log_position = r.pos, updated_at = r.at
+FROM {rows_of(f"{STEP}, {columns}" if columns else STEP)}
+WHERE t.{key} = r.id AND t.version = r.v - 1"""
+
+
 # -- statements in one libpq pipeline ----------------------------------------------------------
 #
 # psycopg's own pipeline takes a generator step and an event-loop wait for each statement;

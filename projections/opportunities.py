@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from projections.base import Delivered, Statements, rows_of
+from projections.base import STEP, Delivered, Statements, rows_of, versioned_change
 from streams.events import crm as c
 
 DDL = """
@@ -55,7 +55,6 @@ CREATE TABLE IF NOT EXISTS opportunity_stage_history (
 # execution. A change applies only on top of the version before it, so a replayed event is a
 # no-op; a change that makes a stage history row (the row's stage after the change) writes it
 # in the same statement.
-_STEP = "id uuid, v integer, pos bigint, at timestamptz"
 _HISTORY = "history_status text, history_probability integer, history_reason text"
 _INTO_HISTORY = """
 INSERT INTO opportunity_stage_history (opportunity_id, version, tenant_id, stage, status,
@@ -68,7 +67,7 @@ WITH opened AS (
         log_position, opened_at, updated_at)
     SELECT r.id, r.tenant, r.customer_id, r.title, r.owner, r.stage, 'open', r.probability, r.amount,
         r.currency, r.expected_close, r.source_lead_id, r.v, r.pos, r.pos, r.at, r.at
-    FROM {rows_of(f"{_STEP}, tenant text, customer_id text, title text, owner text, stage text, "
+    FROM {rows_of(f"{STEP}, tenant text, customer_id text, title text, owner text, stage text, "
                   "probability integer, amount numeric, currency text, expected_close date, "
                   "source_lead_id text")}
     ON CONFLICT (opportunity_id) DO NOTHING
@@ -84,15 +83,12 @@ def _change(columns: str, assignments: str, *, history: bool = False) -> str:
     version before it; with `history`, the stage history row it makes."""
     if history:
         columns = f"{columns}, {_HISTORY}"
-    update = f"""
-UPDATE opportunities o SET {assignments}, version = r.v, log_position = r.pos, updated_at = r.at
-FROM {rows_of(f"{_STEP}, {columns}")}
-WHERE o.opportunity_id = r.id AND o.version = r.v - 1"""
+    update = versioned_change("opportunities", "opportunity_id", columns, assignments)
     if not history:
         return update
     return f"""
 WITH changed AS ({update}
-    RETURNING o.opportunity_id, r.v, o.tenant_id, o.stage, r.history_status, r.history_probability,
+    RETURNING t.opportunity_id, r.v, t.tenant_id, t.stage, r.history_status, r.history_probability,
         r.history_reason, r.at)
 {_INTO_HISTORY}
 SELECT * FROM changed
@@ -102,9 +98,9 @@ ON CONFLICT DO NOTHING
 
 _UPDATED = _change(
     "title text, owner text, amount numeric, expected_close date, probability integer",
-    "title = coalesce(r.title, o.title), owner = coalesce(r.owner, o.owner), "
-    "amount = coalesce(r.amount, o.amount), expected_close = coalesce(r.expected_close, o.expected_close), "
-    "probability = coalesce(r.probability, o.probability)")
+    "title = coalesce(r.title, t.title), owner = coalesce(r.owner, t.owner), "
+    "amount = coalesce(r.amount, t.amount), expected_close = coalesce(r.expected_close, t.expected_close), "
+    "probability = coalesce(r.probability, t.probability)")
 _STAGE_CHANGED = _change("stage text, probability integer", "stage = r.stage, probability = r.probability",
                          history=True)
 _WON = _change("amount numeric", "status = 'won', probability = 100, amount = r.amount", history=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from projections.base import Delivered, Statements
+from projections.base import STEP, Delivered, Statements, rows_of, versioned_change
 from streams.events import procurement as p
 
 DDL = """
@@ -94,23 +94,52 @@ _AT_BASE = "EXISTS (SELECT 1 FROM purchase_orders WHERE purchase_order_id = %(id
 # A change's lines travel as one JSON array, all inserted by one statement.
 _LINE_COLUMNS = ("line_no, item_id, description, quantity, unit, unit_price, tax_code, tax_rate, "
                  "net_amount, tax_amount, total_amount")
-_LINES = """jsonb_to_recordset(%(lines)s::jsonb) AS l(line_no integer, item_id text, description text,
+_LINE_TYPES = """line_no integer, item_id text, description text,
     quantity numeric, unit text, unit_price numeric, tax_code text, tax_rate numeric, net_amount numeric,
-    tax_amount numeric, total_amount numeric)"""
+    tax_amount numeric, total_amount numeric"""
+_LINES = f"jsonb_to_recordset(%(lines)s::jsonb) AS l({_LINE_TYPES})"
+
+# Row-set statements (`Statements.add_row`) for the commonest changes: a batch's orders share
+# each execution. A created order's lines go in only if the order was not there before the
+# statement (both parts see the table as it was), so a replay inserts neither.
 _CREATED = f"""
-WITH created AS (
-    INSERT INTO purchase_orders (purchase_order_id, tenant_id, number, vendor_id, currency, status,
-        requested_by, required_by, ordered_on, line_count, net_amount, tax_amount, total_amount,
-        version, created_position, log_position, created_at, updated_at)
-    VALUES (%(id)s, %(tenant)s, %(number)s, %(vendor_id)s, %(currency)s, 'draft', %(requested_by)s,
-        %(required_by)s::date, %(ordered_on)s::date, %(line_count)s, %(net)s, %(tax)s, %(total)s,
-        %(v)s, %(pos)s, %(pos)s, %(at)s, %(at)s)
-    ON CONFLICT (purchase_order_id) DO NOTHING
-    RETURNING purchase_order_id, tenant_id)
-INSERT INTO purchase_order_lines (purchase_order_id, tenant_id, {_LINE_COLUMNS})
-SELECT created.purchase_order_id, created.tenant_id, l.* FROM created, {_LINES}
-ON CONFLICT (purchase_order_id, line_no) DO NOTHING
+WITH r AS (SELECT * FROM {rows_of(f"{STEP}, tenant text, number text, vendor_id text, currency text, "
+                                  "requested_by text, required_by date, ordered_on date, line_count integer, "
+                                  "net numeric, tax numeric, total numeric, lines jsonb")}),
+lines AS (
+    INSERT INTO purchase_order_lines (purchase_order_id, tenant_id, {_LINE_COLUMNS})
+    SELECT r.id, r.tenant, l.* FROM r, jsonb_to_recordset(r.lines) AS l({_LINE_TYPES})
+    WHERE NOT EXISTS (SELECT 1 FROM purchase_orders o WHERE o.purchase_order_id = r.id)
+    ON CONFLICT (purchase_order_id, line_no) DO NOTHING)
+INSERT INTO purchase_orders (purchase_order_id, tenant_id, number, vendor_id, currency, status,
+    requested_by, required_by, ordered_on, line_count, net_amount, tax_amount, total_amount,
+    version, created_position, log_position, created_at, updated_at)
+SELECT r.id, r.tenant, r.number, r.vendor_id, r.currency, 'draft', r.requested_by, r.required_by,
+    r.ordered_on, r.line_count, r.net, r.tax, r.total, r.v, r.pos, r.pos, r.at, r.at FROM r
+ON CONFLICT (purchase_order_id) DO NOTHING
 """
+
+
+def _change(columns: str, assignments: str) -> str:
+    return versioned_change("purchase_orders", "purchase_order_id", columns, assignments)
+
+
+_SUBMITTED = _change("roles text[], rate numeric, amount_kes numeric",
+                     "status = 'submitted', required_roles = r.roles, approvals = '[]', "
+                     "exchange_rate_to_kes = r.rate, amount_kes = r.amount_kes, rejection_reason = NULL")
+_APPROVED = _change("role text, approver_id text, fully boolean",
+                    "approvals = t.approvals || jsonb_build_array(jsonb_build_object("
+                    "'role', r.role, 'approver_id', r.approver_id, 'approved_at', r.at)), "
+                    "status = CASE WHEN r.fully THEN 'approved' ELSE t.status END")
+_REJECTED = _change("reason text", "status = 'draft', rejection_reason = r.reason, approvals = '[]', "
+                    "required_roles = '{}', exchange_rate_to_kes = NULL, amount_kes = NULL")
+_RECEIVED = _change("", "status = 'received'")
+_BILLED = _change("bill_id text, status text", "bill_id = r.bill_id, bill_status = r.status")
+_CANCELLED = _change("reason text", "status = 'cancelled', cancel_reason = r.reason")
+_CLOSED = _change("reason text, short_closed boolean",
+                  "status = 'closed', close_reason = r.reason, short_closed = r.short_closed")
+
+# The rest: a statement per change (goods receipts and line changes touch several tables).
 _DROP_LINES = f"DELETE FROM purchase_order_lines WHERE purchase_order_id = %(id)s AND {_AT_BASE}"
 _PUT_LINES = f"""
 INSERT INTO purchase_order_lines (purchase_order_id, tenant_id, {_LINE_COLUMNS})
@@ -121,21 +150,6 @@ ON CONFLICT (purchase_order_id, line_no) DO NOTHING
 _LINES_CHANGED = f"""
 UPDATE purchase_orders SET line_count = %(line_count)s, net_amount = %(net)s, tax_amount = %(tax)s,
     total_amount = %(total)s, {_NEXT} {_WHERE}
-"""
-_SUBMITTED = f"""
-UPDATE purchase_orders SET status = 'submitted', required_roles = %(roles)s, approvals = '[]',
-    exchange_rate_to_kes = %(rate)s, amount_kes = %(amount_kes)s, rejection_reason = NULL, {_NEXT}
-    {_WHERE}
-"""
-_APPROVED = f"""
-UPDATE purchase_orders SET approvals = approvals || jsonb_build_array(jsonb_build_object(
-        'role', %(role)s::text, 'approver_id', %(approver_id)s::text,
-        'approved_at', %(at)s::timestamptz)),
-    status = CASE WHEN %(fully)s THEN 'approved' ELSE status END, {_NEXT} {_WHERE}
-"""
-_REJECTED = f"""
-UPDATE purchase_orders SET status = 'draft', rejection_reason = %(reason)s, approvals = '[]',
-    required_roles = '{{}}', exchange_rate_to_kes = NULL, amount_kes = NULL, {_NEXT} {_WHERE}
 """
 _RECEIPT_LINE = f"""
 INSERT INTO purchase_order_receipts (purchase_order_id, receipt_id, line_no, tenant_id,
@@ -151,17 +165,6 @@ UPDATE purchase_order_lines SET accepted_quantity = accepted_quantity + %(accept
 WHERE purchase_order_id = %(id)s AND line_no = %(line_no)s AND {_AT_BASE}
 """
 _GOODS_RECEIVED = f"UPDATE purchase_orders SET status = 'partially_received', {_NEXT} {_WHERE}"
-_RECEIVED = f"UPDATE purchase_orders SET status = 'received', {_NEXT} {_WHERE}"
-_BILLED = f"""
-UPDATE purchase_orders SET bill_id = %(bill_id)s, bill_status = %(status)s, {_NEXT} {_WHERE}
-"""
-_CANCELLED = f"""
-UPDATE purchase_orders SET status = 'cancelled', cancel_reason = %(reason)s, {_NEXT} {_WHERE}
-"""
-_CLOSED = f"""
-UPDATE purchase_orders SET status = 'closed', close_reason = %(reason)s,
-    short_closed = %(short_closed)s, {_NEXT} {_WHERE}
-"""
 
 
 def _json(lines: list[p.PurchaseOrderLine]) -> str:
@@ -200,34 +203,32 @@ class PurchaseOrdersProjection:
         data: Any = event.envelope.data
         tenant, at = event.envelope.tenant_id, event.envelope.timestamp
         v = event.aggregate_version
-        step = {"id": data.purchase_order_id, "v": v, "pos": event.log_position, "at": at}
+        key = data.purchase_order_id
+        step = {"id": key, "v": v, "pos": event.log_position, "at": at}
 
         match data:
             case p.PurchaseOrderCreated():
-                out.add(_CREATED, {
+                out.add_row(_CREATED, key, {
                     **step, **_totals(data.lines), "tenant": tenant, "number": data.number,
                     "vendor_id": data.vendor_id, "currency": data.currency,
                     "requested_by": data.requested_by, "required_by": data.required_by,
-                    "ordered_on": data.ordered_on, "total": data.total_amount,
-                    "lines": _json(data.lines),
+                    "ordered_on": data.ordered_on, "total": data.total_amount, "lines": data.lines,
                 })
             case p.PurchaseOrderLinesChanged():
                 # The event carries the whole set of lines after the change: replace them.
-                out.add(_DROP_LINES, {"id": data.purchase_order_id, "base": v - 1})
-                out.add(_PUT_LINES, {"id": data.purchase_order_id, "tenant": tenant, "base": v - 1,
-                                     "lines": _json(data.lines)})
-                out.add(_LINES_CHANGED, {**step, **_totals(data.lines),
-                                         "total": data.total_amount})
+                out.add(_DROP_LINES, {"id": key, "base": v - 1})
+                out.add(_PUT_LINES, {"id": key, "tenant": tenant, "base": v - 1, "lines": _json(data.lines)})
+                out.add(_LINES_CHANGED, {**step, **_totals(data.lines), "total": data.total_amount})
             case p.PurchaseOrderSubmitted():
-                out.add(_SUBMITTED, {**step, "roles": list(data.required_roles),
-                                     "rate": data.exchange_rate_to_kes,
-                                     "amount_kes": data.amount_kes})
+                out.add_row(_SUBMITTED, key, {
+                    **step, "roles": data.required_roles, "rate": data.exchange_rate_to_kes,
+                    "amount_kes": data.amount_kes,
+                })
             case p.PurchaseOrderApproved():
-                out.add(_APPROVED, {**step, "role": data.role,
-                                    "approver_id": data.approver_id,
-                                    "fully": data.fully_approved})
+                out.add_row(_APPROVED, key, {**step, "role": data.role, "approver_id": data.approver_id,
+                                             "fully": data.fully_approved})
             case p.PurchaseOrderRejected():
-                out.add(_REJECTED, {**step, "reason": data.reason})
+                out.add_row(_REJECTED, key, {**step, "reason": data.reason})
             case p.PurchaseOrderGoodsReceived():
                 for line in data.lines:
                     received = {**step, "base": v - 1, "line_no": line.line_no,
@@ -241,11 +242,10 @@ class PurchaseOrdersProjection:
                     out.add(_LINE_RECEIVED, received)
                 out.add(_GOODS_RECEIVED, step)
             case p.PurchaseOrderReceived():
-                out.add(_RECEIVED, step)
+                out.add_row(_RECEIVED, key, step)
             case p.PurchaseOrderBillLinked():
-                out.add(_BILLED, {**step, "bill_id": data.bill_id, "status": data.status})
+                out.add_row(_BILLED, key, {**step, "bill_id": data.bill_id, "status": data.status})
             case p.PurchaseOrderCancelled():
-                out.add(_CANCELLED, {**step, "reason": data.reason})
+                out.add_row(_CANCELLED, key, {**step, "reason": data.reason})
             case p.PurchaseOrderClosed():
-                out.add(_CLOSED, {**step, "reason": data.reason,
-                                  "short_closed": data.short_closed})
+                out.add_row(_CLOSED, key, {**step, "reason": data.reason, "short_closed": data.short_closed})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -12,10 +13,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from aggregates.purchase_order import OrderLine, PurchaseOrder
 from erp.bootstrap import Endpoints
 from erp.eventstore import store_for
 from projections.base import FOR_ROW_SETS, POSITIONS_CHANNEL, Delivered, Statements, read_positions
-from projections.opportunities import DDL, OpportunitiesProjection
+from projections.opportunities import OpportunitiesProjection
+from projections.purchase_orders import PurchaseOrdersProjection
 from projections.runner import Arrived, ProjectorGroup, ProjectorRunner, Resubscribe, ensure_schema
 from streams.catalogue import PUBLICATIONS
 from streams.envelope import Envelope
@@ -284,7 +287,6 @@ SUBJECT_OF = {publication.payload: publication.subject for publication in PUBLIC
 def _history_of_every_kind(opportunities: int) -> list[Delivered]:
     """Each opportunity's events one after another in every order the domain allows, the
     opportunities interleaved, with the values a row-set statement must carry exactly."""
-    at = datetime(2026, 11, 25, 8, 30, 0, 123456, tzinfo=UTC)
     lives: list[list[Any]] = []
     for n in range(opportunities):
         oid = uuid.uuid4()
@@ -311,23 +313,94 @@ def _history_of_every_kind(opportunities: int) -> list[Delivered]:
                                                   stage="negotiation", probability=80))
                 life.append(c.OpportunityUpdated(opportunity_id=oid, owner="otieno"))
         lives.append(life)
+    return _interleaved(lives)
+
+
+def _interleaved(lives: list[list[Any]]) -> list[Delivered]:
+    """Payloads (or domain events) of several aggregates as a projector receives them, the
+    histories interleaved: each aggregate's first event, then each one's second…"""
+    at = datetime(2026, 11, 25, 8, 30, 0, 123456, tzinfo=UTC)
     delivered, position = [], 0
-    for step in range(max(len(life) for life in lives)):  # interleaved: step 1 of each, then step 2…
+    for step in range(max(len(life) for life in lives)):
         for life in lives:
             if step < len(life):
                 position += 1
-                subject = SUBJECT_OF[type(life[step])]
+                data = life[step]
+                if type(data) in PUBLICATIONS:  # a domain event
+                    data = PUBLICATIONS[type(data)].to_payload(data)
+                subject = SUBJECT_OF[type(data)]
                 delivered.append(Delivered(subject, position, position, step + 1, Envelope(
                     event_id=uuid.uuid4(), event_type=subject, tenant_id="tenant-a",
-                    timestamp=at + timedelta(seconds=position), data=life[step])))
+                    timestamp=at + timedelta(seconds=position), data=data)))
     return delivered
 
 
-async def _opportunity_tables(conn: psycopg.AsyncConnection[Any]) -> tuple[list[Any], list[Any]]:
-    rows = await (await conn.execute("SELECT * FROM opportunities ORDER BY opportunity_id")).fetchall()
-    history = await (await conn.execute(
-        "SELECT * FROM opportunity_stage_history ORDER BY opportunity_id, version")).fetchall()
-    return rows, history
+def _purchase_orders_of_every_kind(orders: int) -> list[Delivered]:
+    lives = []
+    for n in range(orders):
+        po = PurchaseOrder.create(tenant_id="tenant-a", number=f"PO-2026-{n:06d}", vendor_id=f"v{n % 3}",
+                                  requested_by="buyer", today="2026-11-25", required_by="2026-12-24", lines=[
+                                      OrderLine("flour", "Flour 50 kg — 'unga'", Decimal(10), "bag",
+                                                Decimal("3200.50")),
+                                      OrderLine("sugar", "Sugar 50 kg", Decimal(4), "bag", Decimal(6100),
+                                                "VAT16", Decimal(16))])
+        if n % 4 == 3:
+            po.cancel("not needed")
+        else:
+            if n % 4 == 1:
+                po.add_line(OrderLine("salt", "Salt", Decimal("2.5"), "kg", Decimal("80.25")))
+            po.submit()
+            if n % 4 == 2:
+                po.reject("approver-9", "too dear")
+                po.remove_line(2)
+                po.submit()
+            for i, role in enumerate(po.pending_roles):
+                po.approve(f"approver-{i}", role)
+            if n % 4 == 0:
+                po.receive("GRN-1", [(1, Decimal(10), Decimal(0))], received_on="2026-11-26")
+                po.receive("GRN-2", [(2, Decimal(4), Decimal(0))], received_on="2026-11-27")
+                po.link_bill(f"BILL-{n}", "draft")
+                po.close()
+            elif n % 4 == 1:
+                po.receive("GRN-1", [(1, Decimal(5), Decimal(1))], received_on="2026-11-26")
+                po.close("vendor out of stock")
+        lives.append(list(po.collect_events()))
+    return _interleaved(lives)
+
+
+async def _tables(conn: psycopg.AsyncConnection[Any], *tables: str) -> list[list[Any]]:
+    """Every row of the tables, in a fixed order."""
+    return [sorted(await (await conn.execute(f"SELECT * FROM {table}")).fetchall(), key=repr)
+            for table in tables]
+
+
+async def _in_one_batch_and_one_at_a_time(database_url: str, projection: Any,
+                                          events: list[Delivered]) -> tuple[list[list[Any]], int]:
+    """Applies the events with each in its own transaction, then all in one batch and that
+    batch again: the tables must come out the same each time. Answers them, and how many
+    statements the batch took."""
+    tables = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", projection.ddl)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(FOR_ROW_SETS)
+        await conn.execute(projection.ddl)
+        for event in events:
+            out = Statements(conn)
+            projection.apply(out, event)
+            await out.send()
+        one_at_a_time = await _tables(conn, *tables)
+        await conn.execute(f"TRUNCATE {', '.join(tables)}")
+        out = Statements(conn)
+        for event in events:
+            projection.apply(out, event)
+        executions = len(out)
+        await out.send()
+        in_one_batch = await _tables(conn, *tables)
+        for event in events:
+            projection.apply(out, event)
+        await out.send()
+        assert await _tables(conn, *tables) == in_one_batch
+    assert in_one_batch == one_at_a_time
+    return in_one_batch, executions
 
 
 async def test_a_batch_of_row_sets_equals_its_events_applied_one_at_a_time(endpoints: Endpoints) -> None:
@@ -336,30 +409,11 @@ async def test_a_batch_of_row_sets_equals_its_events_applied_one_at_a_time(endpo
     tables as applying each event in its own transaction does, and applying it again changes
     nothing."""
     events = _history_of_every_kind(30)
-    projection = OpportunitiesProjection()
-    async with await psycopg.AsyncConnection.connect(endpoints.database_url, autocommit=True) as conn:
-        await conn.execute(FOR_ROW_SETS)
-        await conn.execute(DDL)
-        for event in events:
-            out = Statements(conn)
-            projection.apply(out, event)
-            await out.send()
-        one_at_a_time = await _opportunity_tables(conn)
-        await conn.execute("TRUNCATE opportunities, opportunity_stage_history")
-        out = Statements(conn)
-        for event in events:
-            projection.apply(out, event)
-        # One execution per kind of change in each round: opened; updated; stage changed; won
-        # and lost; invoiced and reopened; updated — for 30 opportunities' events.
-        assert (len(events), len(out)) == (150, 8)
-        await out.send()
-        in_one_batch = await _opportunity_tables(conn)
-        for event in events:
-            projection.apply(out, event)
-        await out.send()
-        assert await _opportunity_tables(conn) == in_one_batch
-    assert in_one_batch == one_at_a_time
-    rows, history = in_one_batch
+    # One execution per kind of change in each round: opened; updated; stage changed; won
+    # and lost; invoiced and reopened; updated — for 30 opportunities' events.
+    (rows, history), executions = await _in_one_batch_and_one_at_a_time(
+        endpoints.database_url, OpportunitiesProjection(), events)
+    assert (len(events), executions) == (150, 8)
     kinds = [type(e.envelope.data) for e in events if e.envelope is not None]
     assert len(rows) == 30
     no_history = kinds.count(c.OpportunityUpdated) + kinds.count(c.OpportunityInvoiceLinked)
@@ -368,3 +422,18 @@ async def test_a_batch_of_row_sets_equals_its_events_applied_one_at_a_time(endpo
     assert by_title["Mkate wa ngano 1 — 'x' %s"][8] == Decimal("0.01")  # amount, to the cent
     assert {row[5] for row in rows} == {"proposal", "negotiation"}
     assert {row[6] for row in rows} == {"won", "lost", "open"}
+
+
+async def test_purchase_orders_in_one_batch_equal_their_events_applied_one_at_a_time(
+    endpoints: Endpoints
+) -> None:
+    """Row-set statements (created, submitted, approved…) mixed with a statement per change
+    (line changes, goods receipts) in one batch: the same tables as one event at a time."""
+    events = _purchase_orders_of_every_kind(24)
+    (orders, lines, receipts), executions = await _in_one_batch_and_one_at_a_time(
+        endpoints.database_url, PurchaseOrdersProjection(), events)
+    # Statements per line change (3) and per goods receipt (3 for one line): 90 for 30 events;
+    # the other 102 events share 35 executions.
+    assert (len(events), executions) == (132, 125)
+    assert (len(orders), len(lines), len(receipts)) == (24, 48, 18)
+    assert {row[5] for row in orders} == {"closed", "approved", "cancelled"}
