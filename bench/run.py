@@ -55,11 +55,43 @@ class Result:
     note: str = ""
 
 
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times() -> dict[str, int]:
+    """The machine's CPU time so far by kind, in clock ticks (/proc/stat's first line)."""
+    try:
+        values = Path("/proc/stat").read_text().splitlines()[0].split()[1:1 + len(CPU_FIELDS)]
+    except (OSError, IndexError):
+        return {}
+    return dict(zip(CPU_FIELDS, map(int, values), strict=False))
+
+
+def machine_shares(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """How the machine's CPU time between two `cpu_times()` went: busy (ours: user, system,
+    interrupts), stolen (the hypervisor ran something else while a vCPU wanted to run), waiting
+    for the disk, idle; fractions of the total."""
+    spent = {kind: after.get(kind, 0) - before.get(kind, 0) for kind in CPU_FIELDS}
+    total = sum(spent.values())
+    if total <= 0:
+        return {}
+    busy = sum(spent[kind] for kind in ("user", "nice", "system", "irq", "softirq"))
+    return {"busy": busy / total, "stolen": spent["steal"] / total, "disk": spent["iowait"] / total,
+            "idle": spent["idle"] / total}
+
+
 @dataclass
 class Report:
     quick: bool
     results: list[Result] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    machine: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # per section
+
+    def section_ran(self, name: str, shares: dict[str, float]) -> None:
+        if shares:
+            self.machine.append((name, shares))
+            shown = ", ".join(f"{kind} {share:.1%}" for kind, share in shares.items())
+            print(f"  machine during {name}: {shown}", flush=True)
 
     def add(self, result: Result) -> None:
         self.results.append(result)
@@ -89,6 +121,13 @@ class Report:
             lines.append(f"| {r.name} | {measured} | {r.baseline} | {ratio} | {r.target} | {met} |")
         lines.append("")
         lines.extend(self.notes)
+        if self.machine:
+            lines += ["", "The machine's CPU time during each section (`/proc/stat`; *stolen*: a virtual CPU "
+                      "wanted to run and the host ran something else — the figures of a section with "
+                      "much of it are low for reasons outside this code):", "",
+                      "| Section | Busy | Stolen | Waiting for the disk | Idle |", "|---|---|---|---|---|"]
+            lines += [f"| {name} | {m['busy']:.1%} | {m['stolen']:.1%} | {m['disk']:.1%} | {m['idle']:.1%} |"
+                      for name, m in self.machine]
         return "\n".join(lines) + "\n"
 
 
@@ -753,7 +792,9 @@ def main() -> None:
     with servers() as s:
         for name, section in SECTIONS.items():
             if not args.only or name in args.only:
+                before = cpu_times()
                 section(s, report)
+                report.section_ran(name, machine_shares(before, cpu_times()))
     report.notes.append(f"\nThe whole run took {time.monotonic() - started:.0f} s.")
     text = report.markdown()
     print(text)
