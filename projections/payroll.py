@@ -101,12 +101,12 @@ CREATE TABLE IF NOT EXISTS payslips (
 CREATE INDEX IF NOT EXISTS payslips_tenant_employee ON payslips (tenant_id, employee_id, period);
 """
 
-_allowances_encoder = msgspec.json.Encoder(decimal_format="number")
+_json = msgspec.json.Encoder(decimal_format="number")  # exact into numeric columns
 _allowances_decoder = msgspec.json.Decoder(list[h.Allowance])
 
 
 def _jsonb(allowances: list[h.Allowance]) -> str:
-    return _allowances_encoder.encode(allowances).decode()
+    return _json.encode(allowances).decode()
 
 
 def allowances(stored: str) -> list[dict[str, Any]]:
@@ -164,11 +164,14 @@ _AT_VERSION = "EXISTS (SELECT 1 FROM payroll_runs WHERE payroll_id = %(id)s AND 
 _STALE_PAYSLIPS = f"""
 DELETE FROM payslips WHERE payroll_id = %(id)s AND calculated_version < %(v)s AND {_AT_VERSION}
 """
-_PAYSLIP = f"""
+# A run's payslips travel as one JSON array, all inserted by one statement.
+_PAYSLIPS = f"""
 INSERT INTO payslips (payroll_id, employee_id, tenant_id, period, calculated_version, name,
     employment, allowances, {", ".join(PAYSLIP_AMOUNTS)})
-SELECT %(id)s, %(employee_id)s, %(tenant)s, %(period)s, %(v)s, %(name)s, %(employment)s,
-    %(allowances)s::jsonb, {", ".join(f"%({n})s" for n in PAYSLIP_AMOUNTS)}
+SELECT %(id)s, s.employee_id, %(tenant)s, %(period)s, %(v)s, s.name, s.employment, s.allowances,
+    {", ".join(f"s.{n}" for n in PAYSLIP_AMOUNTS)}
+FROM jsonb_to_recordset(%(payslips)s::jsonb) AS s(employee_id uuid, name text, employment text,
+    allowances jsonb, {", ".join(f"{n} numeric" for n in PAYSLIP_AMOUNTS)})
 WHERE {_AT_VERSION}
 ON CONFLICT (payroll_id, employee_id) DO NOTHING
 """
@@ -252,13 +255,8 @@ class PayrollProjection:
             **{name: getattr(totals, name) for name in TOTALS},
         })
         out.add(_STALE_PAYSLIPS, step)
-        out.add_many(_PAYSLIP, [
-            {**step, "tenant": tenant, "period": data.period, "employee_id": slip.employee_id,
-             "name": slip.name, "employment": slip.employment,
-             "allowances": _jsonb(slip.allowances),
-             **{name: getattr(slip, name) for name in PAYSLIP_AMOUNTS}}
-            for slip in data.payslips
-        ])
+        out.add(_PAYSLIPS, {**step, "tenant": tenant, "period": data.period,
+                            "payslips": _json.encode(data.payslips).decode()})
 
 
 _ROSTER = """
