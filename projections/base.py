@@ -42,16 +42,19 @@ END $$;
 """
 CHECKPOINT_MOVED = "ERPCK"
 
-POSITIONS_CHANNEL = "erp_read_models"  # NOTIFY '<projection>[,<projection>…]:<log position>'
+POSITIONS_CHANNEL = "erp_read_models"  # NOTIFY '[=]<projection>[,<projection>…]:<log position>'
+REPLACED = "="  # the read models were replaced (a rebuild): they are at the position, not past it
 
 
-def positions_payload(projections: list[str], position: int) -> str:
-    """What a NOTIFY on POSITIONS_CHANNEL says: these read models have reached `position`."""
-    return f"{','.join(projections)}:{position}"
+def positions_payload(projections: list[str], position: int, *, replaced: bool = False) -> str:
+    """What a NOTIFY on POSITIONS_CHANNEL says: these read models have reached `position`;
+    with `replaced`, their tables were swapped for rebuilt ones that are at `position`, even
+    if the tables before them had got further (the live runner applies the rest again)."""
+    return f"{REPLACED if replaced else ''}{','.join(projections)}:{position}"
 
 
 def read_positions(payload: str) -> dict[str, int]:
-    names, _, position = payload.rpartition(":")
+    names, _, position = payload.removeprefix(REPLACED).rpartition(":")
     return dict.fromkeys(names.split(","), int(position))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from erp.listening import listen_forever
-from projections.base import POSITIONS_CHANNEL, read_positions
+from projections.base import POSITIONS_CHANNEL, REPLACED, read_positions
 
 
 class NotCaughtUp(Exception):
@@ -38,7 +38,7 @@ class ReadModelPositions:
 
     async def run(self) -> None:
         async def notified(payload: str) -> None:
-            await self._advance(read_positions(payload))
+            await self._advance(read_positions(payload), replaced=payload.startswith(REPLACED))
 
         await listen_forever(self._database_url, POSITIONS_CHANNEL, name="erp-positions",
                              caught_up=self._reload, notified=notified)
@@ -50,10 +50,13 @@ class ReadModelPositions:
             return
         await self._advance({name: int(pos) for name, pos in await cur.fetchall()})
 
-    async def _advance(self, positions: dict[str, int]) -> None:
+    async def _advance(self, positions: dict[str, int], *, replaced: bool = False) -> None:
+        """Positions only move forward, except for read models `replaced` by a rebuild: they
+        are where the rebuild ended, and a query waiting for a later write waits for the live
+        runner to apply it to the new tables."""
         async with self._changed:
             for name, position in positions.items():
-                if position > self._positions.get(name, 0):
+                if replaced or position > self._positions.get(name, 0):
                     self._positions[name] = position
             self._changed.notify_all()
 

@@ -400,4 +400,4 @@ async def _swap(conn: psycopg.AsyncConnection[Any], schema: str, name: str, seq:
         await conn.execute("UPDATE projection_checkpoints SET stream_seq = %s, log_position = %s, "
                            "updated_at = now() WHERE name = %s", (seq, position, name))
         await conn.execute("SELECT pg_notify(%s, %s)",
-                           (POSITIONS_CHANNEL, positions_payload([name], position)))
+                           (POSITIONS_CHANNEL, positions_payload([name], position, replaced=True)))

@@ -14,7 +14,10 @@ from click.testing import CliRunner
 from erp.bootstrap import Service, all_projections
 from erp.cli import main
 from erp.helper_processes import HelperProcesses
+from projections.base import POSITIONS_CHANNEL, positions_payload, read_positions
+from projections.positions import ReadModelPositions
 from projections.rebuild import EventStoreSource, rebuild, rebuild_many
+from tests.conftest import eventually
 from tests.test_hrm_api import hire, ok
 from tests.test_procurement_api import approved
 
@@ -126,6 +129,38 @@ async def test_a_rebuild_while_commands_keep_arriving_loses_nothing(
     assert len(titles) == 110 and len(set(titles)) == 110
     page = (await client.get(OPPORTUNITIES, params={"limit": 200})).json()["items"]
     assert set(during) <= {o["opportunity_id"] for o in page}  # every command made during it is there
+
+
+async def test_queries_wait_for_what_the_swapped_in_tables_have_not_applied_yet(database_url: str) -> None:
+    """The live tables may have got further than the rebuilt ones that replace them: after the
+    swap's NOTIFY a query waits for the live runner to apply its write to the new tables
+    instead of being told it is there."""
+    positions = ReadModelPositions(database_url)
+    listening = asyncio.create_task(positions.run())
+    try:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            async def notify(payload: str) -> None:
+                await conn.execute("SELECT pg_notify(%s, %s)", (POSITIONS_CHANNEL, payload))
+
+            async def listening_and_at(payload: str, name: str, position: int) -> bool:
+                await notify(payload)  # until the listener has started
+                return positions.position(name) == position
+
+            await eventually(lambda: listening_and_at(positions_payload(["opportunities", "payroll"], 100),
+                                                      "opportunities", 100))
+            await notify(positions_payload(["payroll"], 60))  # older news: no step back
+            await notify(positions_payload(["opportunities"], 50, replaced=True))  # the rebuild ended at 50
+            await eventually(lambda: listening_and_at("opportunities:40", "opportunities", 50))
+            assert positions.position("payroll") == 100
+            waiting = asyncio.create_task(positions.wait("opportunities", 75, 10))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            await notify(positions_payload(["opportunities"], 80))  # the live runner applied it again
+            await waiting
+            assert read_positions(positions_payload(["payroll"], 5, replaced=True)) == {"payroll": 5}
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
 
 
 class Interrupt(Exception):
