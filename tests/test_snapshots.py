@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from enum import Enum
 from typing import Any
 
 import httpx
 import pytest
 
+from erp.aggregate_cache import decision_copy
 from erp.bootstrap import Endpoints, Service
 from erp.eventstore import ErpEventStore, aggregate_classes, eventsourcing_env
 from tests.conftest import settings
@@ -24,6 +26,25 @@ async def service(endpoints: Endpoints) -> AsyncIterator[Service]:
     await running.start()
     yield running
     await running.stop()
+
+
+def _mutable_parts(value: Any) -> set[int]:
+    """The ids of every list, dict, set and object with attributes reachable from `value`."""
+    found: set[int] = set()
+    if isinstance(value, (list, set, tuple, frozenset)):
+        items: list[Any] = list(value)
+    elif isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    elif hasattr(value, "__dict__") and not isinstance(value, (type, Enum)):
+        items = list(vars(value).values())
+    else:
+        return found
+    frozen = getattr(getattr(type(value), "__dataclass_params__", None), "frozen", False)
+    if not isinstance(value, (tuple, frozenset)) and not frozen:
+        found.add(id(value))
+    for item in items:
+        found |= _mutable_parts(item)
+    return found
 
 
 def every_aggregate(store: ErpEventStore) -> list[Any]:
@@ -57,6 +78,10 @@ async def test_every_aggregate_loads_from_its_snapshot_as_its_events_make_it(
             from_events: Any = events_only.repository.get(aggregate_id)
             assert type(from_snapshot) is type(from_events)
             assert vars(from_snapshot) == vars(from_events), type(from_events).__name__
+            # What a cached decision works on: equal, and no mutable part shared.
+            copied = decision_copy(from_events)
+            assert type(copied) is type(from_events) and vars(copied) == vars(from_events)
+            assert not _mutable_parts(copied) & _mutable_parts(from_events), type(from_events).__name__
             kinds.add(type(from_events))
     finally:
         events_only.close()
