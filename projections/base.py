@@ -121,12 +121,18 @@ class Statements:
     def _queue_rows(self) -> None:
         for statements in self._rounds:
             for query, rows in statements.items():
-                self._queued.append((query, {"rows": _rows_encoder.encode(rows).decode()}))
+                self._queued.append((query, {"rows": to_json(rows)}))
         self._rounds.clear()
         self._used.clear()
 
 
-_rows_encoder = msgspec.json.Encoder(decimal_format="number")  # exact into numeric columns
+_json = msgspec.json.Encoder(decimal_format="number")
+
+
+def to_json(value: Any) -> str:
+    """`value` (rows, payload Structs) as JSON text for a `::jsonb` parameter; amounts as JSON
+    numbers, which PostgreSQL reads exactly into numeric columns."""
+    return _json.encode(value).decode()
 # The row-set statements join their rows to the read model by its primary key. The planner
 # guesses 100 rows for any JSON row set and, for that many, would hash-join them against a
 # scan of the whole table; a connection applying projections plans nested loops instead (an

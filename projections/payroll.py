@@ -16,7 +16,7 @@ import msgspec
 from psycopg_pool import AsyncConnectionPool
 
 from aggregates.statutory import first_day, last_day
-from projections.base import Delivered, Statements
+from projections.base import Delivered, Statements, to_json
 from projections.positions import ReadModelPositions
 from projections.tenancy import tenant_rows
 from streams.events import hrm as h
@@ -101,12 +101,7 @@ CREATE TABLE IF NOT EXISTS payslips (
 CREATE INDEX IF NOT EXISTS payslips_tenant_employee ON payslips (tenant_id, employee_id, period);
 """
 
-_json = msgspec.json.Encoder(decimal_format="number")  # exact into numeric columns
 _allowances_decoder = msgspec.json.Decoder(list[h.Allowance])
-
-
-def _jsonb(allowances: list[h.Allowance]) -> str:
-    return _json.encode(allowances).decode()
 
 
 def allowances(stored: str) -> list[dict[str, Any]]:
@@ -209,7 +204,7 @@ class PayrollProjection:
         match data:
             case h.EmployeeHired():
                 step = {"id": data.employee_id, "tenant": tenant, "v": v, "pos": pos, "at": at,
-                        "basic_pay": data.basic_pay, "allowances": _jsonb(data.allowances),
+                        "basic_pay": data.basic_pay, "allowances": to_json(data.allowances),
                         "effective": data.hired_on[:7]}
                 out.add(_HIRED, {
                     **step, "employee_number": data.employee_number, "name": data.name,
@@ -220,7 +215,7 @@ class PayrollProjection:
                 out.add(_PAY, step)
             case h.EmployeePayChanged():
                 step = {"id": data.employee_id, "tenant": tenant, "v": v, "pos": pos, "at": at,
-                        "basic_pay": data.basic_pay, "allowances": _jsonb(data.allowances),
+                        "basic_pay": data.basic_pay, "allowances": to_json(data.allowances),
                         "effective": data.effective}
                 out.add(_PAY, step)
                 out.add(_PAY_CHANGED, step)
@@ -256,7 +251,7 @@ class PayrollProjection:
         })
         out.add(_STALE_PAYSLIPS, step)
         out.add(_PAYSLIPS, {**step, "tenant": tenant, "period": data.period,
-                            "payslips": _json.encode(data.payslips).decode()})
+                            "payslips": to_json(data.payslips)})
 
 
 _ROSTER = """

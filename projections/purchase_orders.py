@@ -8,9 +8,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-import msgspec
-
-from projections.base import STEP, Delivered, Statements, rows_of, versioned_change
+from projections.base import STEP, Delivered, Statements, rows_of, to_json, versioned_change
 from streams.events import procurement as p
 
 DDL = """
@@ -167,10 +165,6 @@ WHERE purchase_order_id = %(id)s AND line_no = %(line_no)s AND {_AT_BASE}
 _GOODS_RECEIVED = f"UPDATE purchase_orders SET status = 'partially_received', {_NEXT} {_WHERE}"
 
 
-def _json(lines: list[p.PurchaseOrderLine]) -> str:
-    return msgspec.json.encode(lines).decode()  # amounts as strings: exact
-
-
 def _totals(lines: list[p.PurchaseOrderLine]) -> dict[str, Any]:
     return {
         "line_count": len(lines),
@@ -217,7 +211,8 @@ class PurchaseOrdersProjection:
             case p.PurchaseOrderLinesChanged():
                 # The event carries the whole set of lines after the change: replace them.
                 out.add(_DROP_LINES, {"id": key, "base": v - 1})
-                out.add(_PUT_LINES, {"id": key, "tenant": tenant, "base": v - 1, "lines": _json(data.lines)})
+                out.add(_PUT_LINES, {"id": key, "tenant": tenant, "base": v - 1,
+                                     "lines": to_json(data.lines)})
                 out.add(_LINES_CHANGED, {**step, **_totals(data.lines), "total": data.total_amount})
             case p.PurchaseOrderSubmitted():
                 out.add_row(_SUBMITTED, key, {
