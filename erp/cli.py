@@ -44,6 +44,7 @@ def serve(host: str, port: int, workers_only: bool) -> None:
         import uvicorn
 
         from api.app import create_app
+        from api.server import OneWriteProtocol
 
         # uvicorn re-raises SIGTERM after its graceful shutdown; as an exception it lets the
         # embedded servers stop too, where the default action would kill us first.
@@ -53,7 +54,7 @@ def serve(host: str, port: int, workers_only: bool) -> None:
         log.info("serving", url=f"http://{host}:{port}", openapi=f"http://{host}:{port}/openapi.json")
         # No `server: uvicorn` header: it tells a caller what to attack and costs every response.
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False,
-                    lifespan="on", timeout_graceful_shutdown=10, loop="uvloop", http="httptools")
+                    lifespan="on", timeout_graceful_shutdown=10, loop="uvloop", http=OneWriteProtocol)
 
 
 @main.command(help="Run only the relay (event store to JetStream).")

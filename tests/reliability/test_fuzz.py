@@ -32,6 +32,7 @@ from schemathesis.core.result import Err
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from api.app import create_app
+from api.server import OneWriteProtocol
 from erp import inbound
 from erp.bootstrap import Endpoints, Service
 from erp.commands import CommandContext
@@ -156,7 +157,8 @@ async def test_generated_requests_get_no_server_error_and_documented_answers(
     try:
         await register_tenants(service, "tenant-a", "tenant-b")
         server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=free_port(),
-                                               lifespan="off", log_level="warning", access_log=False))
+                                               lifespan="off", log_level="warning", access_log=False,
+                                               http=OneWriteProtocol))  # as `erp serve`
         serving = asyncio.create_task(server.serve())
         report = FuzzReport()
         try:
