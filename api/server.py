@@ -1,8 +1,9 @@
 """uvicorn's HTTP protocol, writing each response in one system call.
 
 uvicorn writes a response's head and its body separately: two `send` calls, each waking
-the client, where one would do. Here the connection's transport keeps what is written in
-one step of the event loop and sends it together at the end of that step.
+the client, where one would do. Here the connection's transport holds a write back until
+the next one (the body after the head: both go out together, at once) or until the end of
+the event loop's step (a head whose body comes later, a lone body part).
 """
 
 from __future__ import annotations
@@ -14,24 +15,32 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CoalescingTransport:
-    """`transport`, with the writes made in one step of `loop` sent as one."""
+    """`transport`, sending each pair of writes made in one step of `loop` as one."""
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_held", "_loop", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._pending: list[bytes] = []
+        self._held: bytes | None = None
 
     def write(self, data: bytes) -> None:
-        if not self._pending:
+        held = self._held
+        if held is None:
+            self._held = data
             self._loop.call_soon(self.flush)
-        self._pending.append(data)
+        else:
+            self._held = None
+            self._send(held + data)
 
     def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if pending and not self._transport.is_closing():
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        held, self._held = self._held, None
+        if held is not None:
+            self._send(held)
+
+    def _send(self, data: bytes) -> None:
+        if not self._transport.is_closing():
+            self._transport.write(data)
 
     def close(self) -> None:
         self.flush()  # what was written before closing still goes out

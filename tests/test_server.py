@@ -35,18 +35,28 @@ class Recorded:
         return f"info {name}"
 
 
-async def test_writes_made_in_one_step_go_out_in_one_call() -> None:
+async def test_a_head_and_its_body_go_out_in_one_call_at_once() -> None:
     recorded = Recorded()
     transport = CoalescingTransport(recorded, asyncio.get_running_loop())  # type: ignore[arg-type]
     transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert recorded.writes == []  # held for the body
     transport.write(b"body")
-    assert recorded.writes == []  # not before this step ends
-    await asyncio.sleep(0)
-    assert recorded.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
-    transport.write(b"more")
-    await asyncio.sleep(0)
-    assert recorded.writes[1:] == [b"more"]
+    assert recorded.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]  # not waiting for the step's end
+    transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    transport.write(b"")
+    assert recorded.writes[1:] == [b"HTTP/1.1 204 No Content\r\n\r\n"]
     assert transport.get_extra_info("peername") == "info peername"  # the rest is the transport's
+
+
+async def test_a_write_alone_goes_out_when_the_step_ends() -> None:
+    recorded = Recorded()
+    transport = CoalescingTransport(recorded, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"head of a streamed body")
+    assert recorded.writes == []
+    await asyncio.sleep(0)
+    transport.write(b"part 1")
+    await asyncio.sleep(0)
+    assert recorded.writes == [b"head of a streamed body", b"part 1"]
 
 
 async def test_closing_sends_what_was_written_and_nothing_after() -> None:
