@@ -248,18 +248,15 @@ async def list_opportunities(request: Request) -> Response:
 async def get_opportunity(request: Request) -> Response:
     await reads.caught_up(request, PROJECTION, rq.query(request, ReadQuery))
     opportunity_id, tenant = _opportunity_id(request), rq.tenant(request)
-    found = await reads.rows(
-        request, f"SELECT {_COLUMNS} FROM opportunities WHERE opportunity_id = %s AND tenant_id = %s",
-        (opportunity_id, tenant),
+    found, history = await reads.rows_of_each(
+        request,
+        (f"SELECT {_COLUMNS} FROM opportunities WHERE opportunity_id = %s AND tenant_id = %s",
+         (opportunity_id, tenant)),
+        (f"SELECT {_HISTORY_COLUMNS} FROM opportunity_stage_history "
+         "WHERE opportunity_id = %s AND tenant_id = %s ORDER BY version", (opportunity_id, tenant)),
     )
     if not found:
         raise NotFound("opportunity", opportunity_id)
-    history = await reads.rows(
-        request,
-        f"SELECT {_HISTORY_COLUMNS} FROM opportunity_stage_history "
-        "WHERE opportunity_id = %s AND tenant_id = %s ORDER BY version",
-        (opportunity_id, tenant),
-    )
     return JSON({**found[0], "stage_history": history},
                 headers={"ETag": f'"{found[0]["version"]}"'})
 

@@ -275,22 +275,17 @@ async def get_bom(request: Request) -> Response:
     await reads.caught_up(request, BOMS_PROJECTION, rq.query(request, ReadQuery))
     tenant = rq.tenant(request)
     bom_id = BillOfMaterials.create_id(tenant, product_id)
-    found = await reads.rows(request, f"SELECT {_BOM_COLUMNS} FROM boms WHERE bom_id = %s AND tenant_id = %s",
-                        (bom_id, tenant))
+    found, versions, items = await reads.rows_of_each(
+        request,
+        (f"SELECT {_BOM_COLUMNS} FROM boms WHERE bom_id = %s AND tenant_id = %s", (bom_id, tenant)),
+        ("SELECT bom_version, process_loss_percent, labour_cost_per_unit, overhead_percent, "
+         "published_at FROM bom_versions WHERE bom_id = %s AND tenant_id = %s ORDER BY bom_version",
+         (bom_id, tenant)),
+        ("SELECT bom_version, item_id, quantity_per_unit, unit FROM bom_version_items "
+         "WHERE bom_id = %s AND tenant_id = %s ORDER BY bom_version, line", (bom_id, tenant)),
+    )
     if not found:
         raise NotFound("bill of materials", bom_id)
-    versions = await reads.rows(
-        request,
-        "SELECT bom_version, process_loss_percent, labour_cost_per_unit, overhead_percent, "
-        "published_at FROM bom_versions WHERE bom_id = %s AND tenant_id = %s ORDER BY bom_version",
-        (bom_id, tenant),
-    )
-    items = await reads.rows(
-        request,
-        "SELECT bom_version, item_id, quantity_per_unit, unit FROM bom_version_items "
-        "WHERE bom_id = %s AND tenant_id = %s ORDER BY bom_version, line",
-        (bom_id, tenant),
-    )
     for version in versions:
         version["items"] = [{k: i[k] for k in BomItemView.model_fields}
                             for i in items if i["bom_version"] == version["bom_version"]]
@@ -446,20 +441,17 @@ async def list_work_orders(request: Request) -> Response:
 async def get_work_order(request: Request) -> Response:
     await reads.caught_up(request, WORK_ORDERS_PROJECTION, rq.query(request, ReadQuery))
     work_order_id, tenant = _work_order_id(request), rq.tenant(request)
-    found = await reads.rows(
+    found, materials = await reads.rows_of_each(
         request,
-        f"SELECT {_WORK_ORDER_COLUMNS} FROM work_orders WHERE work_order_id = %s AND tenant_id = %s",
-        (work_order_id, tenant),
+        (f"SELECT {_WORK_ORDER_COLUMNS} FROM work_orders WHERE work_order_id = %s AND tenant_id = %s",
+         (work_order_id, tenant)),
+        ("SELECT item_id, unit, quantity_per_unit, required_quantity, consumed_quantity, "
+         "greatest(required_quantity - consumed_quantity, 0) AS remaining_quantity, consumed_cost "
+         "FROM work_order_materials WHERE work_order_id = %s AND tenant_id = %s ORDER BY line",
+         (work_order_id, tenant)),
     )
     if not found:
         raise NotFound("work order", work_order_id)
-    materials = await reads.rows(
-        request,
-        "SELECT item_id, unit, quantity_per_unit, required_quantity, consumed_quantity, "
-        "greatest(required_quantity - consumed_quantity, 0) AS remaining_quantity, consumed_cost "
-        "FROM work_order_materials WHERE work_order_id = %s AND tenant_id = %s ORDER BY line",
-        (work_order_id, tenant),
-    )
     return JSON({**found[0], "materials": materials}, headers={"ETag": f'"{found[0]["version"]}"'})
 
 

@@ -382,28 +382,20 @@ async def list_purchase_orders(request: Request) -> Response:
 async def get_purchase_order(request: Request) -> Response:
     await reads.caught_up(request, PROJECTION, rq.query(request, ReadQuery))
     purchase_order_id, tenant = _purchase_order_id(request), rq.tenant(request)
-    found = await reads.rows(
+    found, lines, received = await reads.rows_of_each(
         request,
-        f"SELECT {_ORDER_COLUMNS} FROM purchase_orders "
-        "WHERE purchase_order_id = %s AND tenant_id = %s",
-        (purchase_order_id, tenant),
+        (f"SELECT {_ORDER_COLUMNS} FROM purchase_orders "
+         "WHERE purchase_order_id = %s AND tenant_id = %s", (purchase_order_id, tenant)),
+        (f"SELECT {_LINE_COLUMNS}, greatest(quantity - accepted_quantity, 0) AS open_quantity "
+         "FROM purchase_order_lines WHERE purchase_order_id = %s AND tenant_id = %s "
+         "ORDER BY line_no", (purchase_order_id, tenant)),
+        ("SELECT receipt_id, received_on, recorded_at, line_no, item_id, unit, accepted_quantity, "
+         "rejected_quantity FROM purchase_order_receipts "
+         "WHERE purchase_order_id = %s AND tenant_id = %s ORDER BY version, line_no",
+         (purchase_order_id, tenant)),
     )
     if not found:
         raise NotFound("purchase order", purchase_order_id)
-    lines = await reads.rows(
-        request,
-        f"SELECT {_LINE_COLUMNS}, greatest(quantity - accepted_quantity, 0) AS open_quantity "
-        "FROM purchase_order_lines WHERE purchase_order_id = %s AND tenant_id = %s "
-        "ORDER BY line_no",
-        (purchase_order_id, tenant),
-    )
-    received = await reads.rows(
-        request,
-        "SELECT receipt_id, received_on, recorded_at, line_no, item_id, unit, accepted_quantity, "
-        "rejected_quantity FROM purchase_order_receipts "
-        "WHERE purchase_order_id = %s AND tenant_id = %s ORDER BY version, line_no",
-        (purchase_order_id, tenant),
-    )
     receipts: dict[str, dict[str, Any]] = {}
     for r in received:
         receipt = receipts.setdefault(r["receipt_id"], {

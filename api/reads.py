@@ -10,7 +10,7 @@ from starlette.requests import Request
 from api.problems import BadRequest
 from api.requests import tenant
 from erp.bootstrap import Service
-from projections.tenancy import tenant_rows
+from projections.tenancy import tenant_queries
 
 
 class ReadQuery(BaseModel):
@@ -42,8 +42,14 @@ async def caught_up(request: Request, projection: str, params: ReadQuery) -> int
 
 async def rows(request: Request, sql: str, args: Any) -> list[dict[str, Any]]:
     """Rows of a read-model query; the database shows it only the request's tenant's rows."""
-    names, found = await tenant_rows(service(request).read_pool, tenant(request), sql, args)
-    return [dict(zip(names, row, strict=True)) for row in found]
+    (found,) = await rows_of_each(request, (sql, args))
+    return found
+
+
+async def rows_of_each(request: Request, *queries: tuple[str, Any]) -> list[list[dict[str, Any]]]:
+    """The rows of each query (sql, args), all asked in one round trip, as `rows`."""
+    results = await tenant_queries(service(request).read_pool, tenant(request), list(queries))
+    return [[dict(zip(names, row, strict=True)) for row in found] for names, found in results]
 
 
 def filters(request: Request, params: BaseModel, names: tuple[str, ...]) -> tuple[list[str], list[Any]]:

@@ -6,7 +6,7 @@ import functools
 import itertools
 import re
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -186,25 +186,33 @@ def _numbered(query: str) -> tuple[bytes, tuple[str, ...] | None, int]:
     return text.encode(), named, len(names)
 
 
+_MAX_PREPARED = 200  # per connection; statements beyond these (the API's reads) are parsed each time
+
+
 @dataclass
 class _Prepared:
     """A connection's prepared statements, per query text and parameter types."""
 
     transformer: pg_abc.Transformer
     names: dict[tuple[str, tuple[int, ...]], bytes] = field(default_factory=dict)
+    # never reused: a statement prepared in a pipeline that then failed still exists
+    numbers: Iterator[int] = field(default_factory=itertools.count)
 
 
 _PREPARED: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], _Prepared] = weakref.WeakKeyDictionary()
 
 
-async def _pipelined(conn: psycopg.AsyncConnection[Any], queued: list[tuple[str, Any]]) -> None:
+async def _pipelined(conn: psycopg.AsyncConnection[Any], queued: list[tuple[str, Any]],
+                     rows: list[pq.abc.PGresult] | None = None) -> None:
+    """Runs `queued` in one round trip; appends the results of those returning rows to `rows`."""
     prepared = _PREPARED.get(conn)
     if prepared is None:
         prepared = _PREPARED[conn] = _Prepared(Transformer(conn))
     tx, names = prepared.transformer, prepared.names
     new: list[tuple[str, tuple[int, ...]]] = []
     # Bound first: a value that cannot be adapted fails here, with nothing sent.
-    bound: list[tuple[bytes, bytes | None, Any, Any]] = []  # (name, text to prepare, values, formats)
+    # (name, text to prepare, values, formats); name None: an unnamed statement of that text
+    bound: list[tuple[bytes | None, bytes | None, Any, Any]] = []
     try:
         for query, params in queued:
             text, named, count = _numbered(query)
@@ -212,8 +220,11 @@ async def _pipelined(conn: psycopg.AsyncConnection[Any], queued: list[tuple[str,
                                       [PyFormat.AUTO] * count)
             key = (query, tuple(tx.types or ()))
             name = names.get(key)
+            if name is None and len(names) >= _MAX_PREPARED:
+                bound.append((None, text, values, (key[1], tx.formats)))
+                continue
             if name is None:
-                name = names[key] = b"erp_%d" % len(names)
+                name = names[key] = b"erp_%d" % next(prepared.numbers)
                 new.append(key)
                 bound.append((name, text, key[1], None))
             bound.append((name, None, values, tx.formats))
@@ -225,13 +236,16 @@ async def _pipelined(conn: psycopg.AsyncConnection[Any], queued: list[tuple[str,
     async with conn.lock:
         pgconn.enter_pipeline_mode()
         try:
-            for statement, to_prepare, values, formats in bound:
-                if to_prepare is None:
+            for statement, sql, values, formats in bound:
+                if statement is None:
+                    assert sql is not None
+                    pgconn.send_query_params(sql, values, param_types=formats[0], param_formats=formats[1])
+                elif sql is None:
                     pgconn.send_query_prepared(statement, values, param_formats=formats)
                 else:
-                    pgconn.send_prepare(statement, to_prepare, param_types=values)
+                    pgconn.send_prepare(statement, sql, param_types=values)
             pgconn.pipeline_sync()
-            failed = await conn.wait(_results(pgconn))
+            failed = await conn.wait(_results(pgconn, rows))
         except BaseException:
             pgconn.finish()  # results left unread: the connection cannot be used again
             raise
@@ -242,8 +256,26 @@ async def _pipelined(conn: psycopg.AsyncConnection[Any], queued: list[tuple[str,
         raise psycopg.errors.error_from_result(failed, encoding=conn.info.encoding)
 
 
-def _results(pgconn: pq.abc.PGconn) -> PQGen[pq.abc.PGresult | None]:
-    """Sends what is queued, then reads every result up to the Sync: the first error, if any."""
+async def pipelined_rows(conn: psycopg.AsyncConnection[Any], queued: list[tuple[str, Any]],
+                         ) -> list[tuple[list[str], list[tuple[Any, ...]]]]:
+    """Column names and rows of each statement of `queued` that returns rows, in order: all
+    sent in one round trip and run in one implicit transaction (so a `set_config(…, true)`
+    among them holds for those after it, and for nothing after the last)."""
+    results: list[pq.abc.PGresult] = []
+    await _pipelined(conn, queued, results)
+    encoding = conn.info.encoding
+    out = []
+    for result in results:
+        tx = Transformer(conn)
+        tx.set_pgresult(result)
+        columns = [(result.fname(i) or b"").decode(encoding) for i in range(result.nfields)]
+        out.append((columns, tx.load_rows(0, result.ntuples, tuple)))
+    return out
+
+
+def _results(pgconn: pq.abc.PGconn, rows: list[pq.abc.PGresult] | None) -> PQGen[pq.abc.PGresult | None]:
+    """Sends what is queued, then reads every result up to the Sync: the first error, if any;
+    those with rows are appended to `rows` unless it is None."""
     while pgconn.flush() != 0:
         if (yield Wait.RW) & Ready.R:
             pgconn.consume_input()
@@ -257,6 +289,8 @@ def _results(pgconn: pq.abc.PGconn) -> PQGen[pq.abc.PGresult | None]:
                 return failed
             if result.status == pq.ExecStatus.FATAL_ERROR and failed is None:
                 failed = result
+            elif result.status == pq.ExecStatus.TUPLES_OK and rows is not None:
+                rows.append(result)
         yield Wait.R
         pgconn.consume_input()
 

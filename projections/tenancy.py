@@ -14,6 +14,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from erp import schema
+from projections.base import pipelined_rows
 
 API_ROLE = "erp_api"
 POLICY = "tenant_isolation"
@@ -83,11 +84,21 @@ async def as_api_role(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute(f"SET ROLE {API_ROLE}")
 
 
+_NAME_TENANT = "SELECT set_config('erp.tenant_id', %s, true)"
+
+
+async def tenant_queries(
+    pool: AsyncConnectionPool[Any], tenant_id: str, queries: list[tuple[str, Any]],
+) -> list[tuple[list[str], list[tuple[Any, ...]]]]:
+    """Column names and rows of each query (each one returning rows), all sent in one round
+    trip and run in one implicit transaction that names `tenant_id` (and ends with them)."""
+    async with pool.connection() as conn:
+        return (await pipelined_rows(conn, [(_NAME_TENANT, (tenant_id,)), *queries]))[1:]
+
+
 async def tenant_rows(
     pool: AsyncConnectionPool[Any], tenant_id: str, sql: str, args: Any,
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Column names and rows of `sql`, run in a transaction that names `tenant_id`."""
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute("SELECT set_config('erp.tenant_id', %s, true)", (tenant_id,))
-        cur = await conn.execute(sql, args)
-        return [column.name for column in cur.description or ()], await cur.fetchall()
+    (found,) = await tenant_queries(pool, tenant_id, [(sql, args)])
+    return found

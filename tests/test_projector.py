@@ -16,7 +16,15 @@ import pytest
 from aggregates.purchase_order import OrderLine, PurchaseOrder
 from erp.bootstrap import Endpoints
 from erp.eventstore import store_for
-from projections.base import FOR_ROW_SETS, POSITIONS_CHANNEL, Delivered, Statements, read_positions
+from projections import base
+from projections.base import (
+    FOR_ROW_SETS,
+    POSITIONS_CHANNEL,
+    Delivered,
+    Statements,
+    pipelined_rows,
+    read_positions,
+)
 from projections.opportunities import OpportunitiesProjection
 from projections.purchase_orders import PurchaseOrdersProjection
 from projections.runner import Arrived, ProjectorGroup, ProjectorRunner, Resubscribe, ensure_schema
@@ -246,6 +254,27 @@ async def test_a_projection_reading_nothing_of_a_batch_is_announced_by_one_that_
     assert len(notified) >= total // 20  # a NOTIFY per applied batch
     assert all(positions.keys() == {"opportunities", "reads_nothing"} for positions in notified), notified
     assert notified[-1] == {"opportunities": total, "reads_nothing": total}
+
+
+async def test_a_statement_prepared_in_a_pipeline_that_failed_is_prepared_again_under_a_new_name(
+    endpoints: Endpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with await psycopg.AsyncConnection.connect(endpoints.database_url, autocommit=True) as conn:
+        await conn.execute("CREATE TABLE prepared_probe (n integer PRIMARY KEY)")
+        insert = "INSERT INTO prepared_probe VALUES (%s)"
+        with pytest.raises(psycopg.errors.DivisionByZero):  # prepared, then the pipeline fails
+            await pipelined_rows(conn, [(insert, (1,)), ("SELECT 1 / %s", (0,))])
+        # Its name may not be taken again: the statement prepared before the error still exists.
+        assert await pipelined_rows(conn, [(insert, (1,)), ("SELECT count(*) FROM prepared_probe", ())]) \
+            == [(["count"], [(1,)])]
+        # Past the most a connection prepares, statements are sent to be parsed each time.
+        monkeypatch.setattr(base, "_MAX_PREPARED", 2)
+        for _ in range(2):
+            found = await pipelined_rows(conn, [(f"SELECT %s::int + {k} AS k", (k,)) for k in range(4)])
+            assert found == [(["k"], [(2 * k,)]) for k in range(4)]
+        cur = await conn.execute("SELECT name FROM pg_prepared_statements WHERE name ^@ 'erp_' ORDER BY name")
+        # the two of the failed pipeline, the insert and the count again; none of the four sums
+        assert await cur.fetchall() == [("erp_0",), ("erp_1",), ("erp_2",), ("erp_3",)]
 
 
 @pytest.mark.parametrize("count", [3, 200])

@@ -7,12 +7,13 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from starlette.routing import Route
 
 from api.app import ROUTES
 from api.auth import PUBLIC_PATHS, SIGNED_PREFIX
 from erp.bootstrap import Service
-from projections.tenancy import API_ROLE, NOT_READ_MODELS, tenant_rows
+from projections.tenancy import API_ROLE, NOT_READ_MODELS, tenant_queries, tenant_rows
 from tests.conftest import as_user, settings
 from tests.test_hrm_api import employee
 from tests.test_manufacturing_api import CAKE
@@ -137,6 +138,41 @@ async def test_the_database_hides_other_tenants_rows_from_the_api_role(
         role = await (await conn.execute(
             "SELECT rolbypassrls, rolsuper FROM pg_roles WHERE rolname = %s", (API_ROLE,))).fetchone()
         assert role == (False, False)
+
+
+async def test_the_tenant_named_for_reads_holds_for_all_of_them_and_ends_with_them(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    for tenant, title in (("tenant-a", "first"), ("tenant-a", "second"), ("tenant-b", "theirs")):
+        response = await client.post("/api/v1/crm/opportunities", headers=as_user(tenant),
+                                     json={"customer_id": "c", "title": title, "owner": "o"})
+        last = response.json()["log_position"]
+    await client.get("/api/v1/crm/opportunities", params={"min_position": last})
+
+    # Three queries in one round trip, each seeing only tenant-a's rows.
+    titles, count, nothing = await tenant_queries(service.read_pool, "tenant-a", [
+        ("SELECT title FROM opportunities ORDER BY title", ()),
+        ("SELECT count(*) AS n FROM opportunities WHERE title <> %s", ("first",)),
+        ("SELECT title FROM opportunities WHERE title = %(title)s", {"title": "theirs"}),
+    ])
+    assert titles == (["title"], [("first",), ("second",)])
+    assert count == (["n"], [(1,)])
+    assert nothing == (["title"], [])
+    # A query that fails raises its error; the pool's connections stay usable.
+    with pytest.raises(psycopg.errors.UndefinedColumn):
+        await tenant_rows(service.read_pool, "tenant-a", "SELECT no_such_column FROM opportunities", ())
+    # On each of the pool's connections, the tenant named for the reads is gone after them.
+    connections = []
+    for _ in range(service.settings.db_pool_size):
+        connections.append(await service.read_pool.getconn())
+    try:
+        for conn in connections:
+            setting = await (await conn.execute("SELECT current_setting('erp.tenant_id', true)")).fetchone()
+            seen = await (await conn.execute("SELECT count(*) FROM opportunities")).fetchone()
+            assert (setting, seen) in {(("",), (0,)), ((None,), (0,))}
+    finally:
+        for conn in connections:
+            await service.read_pool.putconn(conn)
 
 
 async def test_every_table_with_tenant_rows_has_row_level_security(
