@@ -358,6 +358,11 @@ def commands(s: Servers, report: Report, seconds: int, existing: int) -> None:
                           ratio=rate / baseline, met=rate >= 2500 and rate >= 2 * baseline))
         report.notes.append(_wrk_note("New opportunities", new))
         updates("pushed out of the aggregate cache by the new opportunities before")
+        read = wrk(opportunities, "read_opportunity.lua", seconds, 64, ERP_BENCH_TOKEN=s.token(),
+                   ERP_BENCH_IDS=str(ids_file))
+        report.add(Result(f"reads of one opportunity with its stage history (spread over {existing:,}), "
+                          "64 connections (no target)", read["rate"], "reads/s"))
+        report.notes.append(_wrk_note("Reads of one opportunity", read))
         fixed_rate_report(report, fixed_rate(s, running, database_url, rate=200, seconds=seconds * 2))
         rss = running.peak_rss_mib()
         report.add(Result("peak RSS of the service during the command runs", rss, "MiB", target="≤ 200 MiB",
