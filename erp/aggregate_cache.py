@@ -1,5 +1,6 @@
-"""The aggregate cache of this process: a decision's copy of a cached aggregate, and a
-follower that keeps the cache in step with other processes' writes.
+"""The aggregate cache of this process: a decision's copy of a cached aggregate, a loader
+that brings stored aggregates into it from the event loop, and a follower that keeps it in
+step with other processes' writes.
 
 A command decides on a copy of the cached aggregate without reading the database
 (erp/commands); the event store's version check refuses a save decided on a stale copy,
@@ -22,10 +23,12 @@ from uuid import UUID
 
 import psycopg
 import structlog
-from eventsourcing.application import LRUCache
+from eventsourcing.application import LRUCache, project_aggregate
 from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import StoredEvent
+from psycopg_pool import AsyncConnectionPool
 
-from erp.eventstore import EVENTS_TABLE, ErpEventStore
+from erp.eventstore import EVENTS_TABLE, POOL_RECONNECT_SECONDS, POOL_WAIT_SECONDS, ErpEventStore
 from erp.listening import wait_for_notifies
 
 log = structlog.get_logger("erp.aggregate_cache")
@@ -97,6 +100,49 @@ def _copied(value: Any) -> Any:
         if all(_copied(field) is field for field in fields):
             return value
     return copy.deepcopy(value)
+
+
+class CacheLoader:
+    """Loads stored aggregates into the cache on the event loop: the latest snapshot and the
+    events after it in one query (the library reads them in two, from a worker thread),
+    replayed as the library replays them. A command on an aggregate that is not cached
+    then decides on the event loop like one on a cached aggregate."""
+
+    def __init__(self, store: ErpEventStore, database_url: str) -> None:
+        assert store.repository.cache is not None and store.snapshots is not None
+        self._store = store
+        self._cache: LRUCache[UUID, Aggregate] = store.repository.cache  # type: ignore[assignment]
+        snapshots = store.snapshots.recorder.events_table_name  # type: ignore[attr-defined]
+        # One statement, so one snapshot of the database: no snapshot written between two
+        # queries can leave a gap between the snapshot read and the events read.
+        self._stored = f"""
+WITH s AS (SELECT originator_version, topic, state FROM {snapshots}
+           WHERE originator_id = %(id)s ORDER BY originator_version DESC LIMIT 1)
+SELECT 0 AS part, originator_version, topic, state FROM s
+UNION ALL
+SELECT 1, originator_version, topic, state FROM {EVENTS_TABLE}
+WHERE originator_id = %(id)s AND originator_version > coalesce((SELECT originator_version FROM s), 0)
+ORDER BY part, originator_version"""
+        self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            database_url, min_size=1, max_size=4, open=False,
+            kwargs={"autocommit": True, "application_name": "erp-load"},
+            timeout=POOL_WAIT_SECONDS, reconnect_timeout=POOL_RECONNECT_SECONDS)
+        self.loaded = 0
+
+    async def load(self, aggregate_id: UUID) -> bool:
+        """Puts the stored aggregate into the cache; False if none is stored."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(self._stored, {"id": aggregate_id}, binary=True)
+            rows = await cur.fetchall()
+        if not rows:
+            return False
+        to_domain_event = self._store.mapper.to_domain_event
+        aggregate = project_aggregate(None, (
+            to_domain_event(StoredEvent(aggregate_id, version, topic, state))
+            for _, version, topic, state in rows))
+        self._cache.put(aggregate_id, aggregate)
+        self.loaded += 1
+        return True
 
 
 class CacheFollower:

@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
 from erp import api_keys, credentials, idempotency, inbound, schema
-from erp.aggregate_cache import CacheFollower
+from erp.aggregate_cache import CacheFollower, CacheLoader
 from erp.commands import CommandRunner
 from erp.embedded import EmbeddedNats, EmbeddedPostgres
 from erp.eventstore import (
@@ -101,6 +101,7 @@ class Service:
     endpoints: Endpoints
     store: ErpEventStore = field(init=False)
     committer: GroupCommitter = field(init=False)
+    loader: CacheLoader | None = field(init=False, default=None)  # with the aggregate cache
     runner: CommandRunner = field(init=False)
     nc: NATS = field(init=False)
     js: JetStreamContext = field(init=False)
@@ -130,7 +131,10 @@ class Service:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             await ensure_schemas(conn)
         self.committer = GroupCommitter(self.store, url, s.group_commit_max)
-        self.runner = CommandRunner(self.store, self.committer, s.command_retries)
+        if self.store.repository.cache is not None:
+            self.loader = CacheLoader(self.store, url)
+            await self.loader.pool.open()
+        self.runner = CommandRunner(self.store, self.committer, s.command_retries, self.loader)
         self.nc = await connect(self.endpoints.nats_url, name="erp-service")
         self.js = self.nc.jetstream(publish_async_max_pending=4000)
         await ensure_stream(self.js, s.stream, s.stream_replicas)
@@ -211,6 +215,8 @@ class Service:
             await self.nc.drain()
         await self.read_pool.close()
         await self.owner_pool.close()
+        if self.loader is not None:
+            await self.loader.pool.close()
         await self.peer_transport.aclose()
         await asyncio.to_thread(close_store, self.store)
 

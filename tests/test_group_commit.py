@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from aggregates.opportunity import Opportunity
-from erp.aggregate_cache import CacheFollower
-from erp.commands import CommandContext, CommandRunner, Loader, tenancy
+from erp.aggregate_cache import CacheFollower, CacheLoader
+from erp.commands import CommandContext, CommandRunner, Loader, NotFound, tenancy
 from erp.eventstore import (
     CommitterStopped,
     ErpEventStore,
@@ -319,3 +319,58 @@ async def test_the_follower_evicts_what_other_processes_change_and_keeps_what_th
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_aggregate_not_in_the_cache_is_loaded_into_it_and_decided_on_the_event_loop(
+    database_url: str,
+) -> None:
+    """The loader reads the latest snapshot and the events after it in one query: the
+    aggregate it caches is the one the library loads, and the command on it is decided on
+    the event loop; an id with nothing stored is still refused as not found."""
+    store = await asyncio.to_thread(store_for, database_url, 2, snapshot_interval=3, cache_size=100)
+    events_only = await asyncio.to_thread(store_for, database_url, 2)
+    committer = GroupCommitter(store, database_url, max_batch=64)
+    loader = CacheLoader(store, database_url)
+    await loader.pool.open()
+    task = asyncio.create_task(committer.run())
+    try:
+        runner = CommandRunner(store, committer, retries=0, loader=loader)
+        await tenancy.register(runner, CTX, name="T Ltd")
+        threads: list[str] = []
+
+        def open_one(load: Loader) -> Opportunity:
+            return Opportunity.open(tenant_id="t", customer_id="c", title="t", owner="o",
+                                    stages=load.read_settings().stages)
+
+        def rename(title: str) -> Any:
+            def decide(load: Loader) -> Opportunity:
+                threads.append(threading.current_thread().name)
+                found = load.target(Opportunity, saved.aggregate_id)
+                found.update(title=title)
+                return found
+            return decide
+
+        saved = await runner.execute(CTX, open_one)
+        for n in range(6):
+            await runner.execute(CTX, rename(f"title {n}"))  # snapshots at versions 3 and 6
+        assert store.repository.cache is not None
+        for cached_id in list(store.repository.cache.cache):
+            store.repository.cache.get(cached_id, evict=True)
+        threads.clear()
+        done = await runner.execute(CTX, rename("after the cache was emptied"))
+        assert done.version == 8 and loader.loaded == 1
+        assert set(threads) == {threading.current_thread().name}  # never in a worker thread
+        cached = store.repository.cache.get(saved.aggregate_id)
+        stored: Any = await asyncio.to_thread(events_only.repository.get, saved.aggregate_id)
+        assert vars(cached) == vars(stored) and stored.title == "after the cache was emptied"
+
+        nobody = Opportunity.create_id()
+        with pytest.raises(NotFound):
+            await runner.execute(CTX, lambda load: load.target(Opportunity, nobody))
+        assert loader.loaded == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await loader.pool.close()
+        store.close()
+        events_only.close()

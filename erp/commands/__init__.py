@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 from prometheus_client import Counter
@@ -22,7 +23,7 @@ from prometheus_client import Counter
 from aggregates.errors import DomainError
 from aggregates.tenant_settings import TenantSettings
 from erp import idempotency
-from erp.aggregate_cache import cached_copy
+from erp.aggregate_cache import CacheLoader, cached_copy
 from erp.eventstore import (
     ErpEventStore,
     EventMetadata,
@@ -69,7 +70,13 @@ class TenantSuspended(Forbidden):
 
 
 class NeedsLoading(Exception):
-    """A decision tried on the event loop needs the database: it is decided in a thread instead."""
+    """A decision tried on the event loop needs the database: the aggregate is loaded into
+    the cache and the decision tried again, or (settings, none stored) it is decided in a
+    thread instead."""
+
+    def __init__(self, aggregate_id: UUID | None = None) -> None:
+        super().__init__(f"{aggregate_id} is not cached" if aggregate_id else "settings not cached")
+        self.aggregate_id = aggregate_id
 
 
 class NothingChanged(Exception):
@@ -139,7 +146,7 @@ class Loader:
         if self._inline:
             cached = cached_copy(self._store, aggregate_id)
             if cached is None:
-                raise NeedsLoading
+                raise NeedsLoading(aggregate_id)
             self.cached.add(aggregate_id)
             aggregate: Aggregate = cached
         else:
@@ -194,9 +201,11 @@ TenantRule = Literal["active", "known", "any"]
 
 
 class CommandRunner:
-    def __init__(self, store: ErpEventStore, committer: GroupCommitter, retries: int) -> None:
+    def __init__(self, store: ErpEventStore, committer: GroupCommitter, retries: int,
+                 loader: CacheLoader | None = None) -> None:
         self.store = store
         self._committer = committer
+        self._loader = loader
         self._retries = retries
         self._active_tenants: dict[str, float] = {}  # tenant -> when last seen active
         self.settings_cache = SettingsCache(store)
@@ -270,27 +279,43 @@ class CommandRunner:
         """The decision, and whether it was taken on cached aggregates.
 
         On the event loop when it needs nothing from the database (a new aggregate, or, with
-        `cached`, aggregates in the cache: a thread hop and a query cost more than deciding),
-        else in a worker thread on the stored state. A decision on cached aggregates stands
-        only if it changes every one of them, so that the save's version check proves them
-        current; a refusal, or one it only read, is decided again on the stored state.
-        Decisions have no effect but their result, so one stopped half-way is simply redone."""
-        if cached:
+        `cached`, aggregates in the cache, loaded into it here if need be: a thread hop costs
+        more than deciding), else in a worker thread on the stored state. A decision on
+        cached aggregates stands only if it changes every one of them, so that the save's
+        version check proves them current; a refusal, or one it only read, is decided again
+        on the stored state. Decisions have no effect but their result, so one stopped
+        half-way is simply redone."""
+        loaded: set[UUID] = set()
+        while cached:
             inline = Loader(self.store, ctx.tenant_id, ctx.expected_version, self.settings_cache, inline=True)
             try:
                 decided = decide(inline)
-            except NeedsLoading:
-                pass
+            except NeedsLoading as needs:
+                if not await self._load(needs.aggregate_id, loaded):
+                    break
             except Exception:
                 if not inline.cached:
                     raise  # refused on nothing cached (settings aside): as it would be in a thread
+                break
             else:
                 changed = {a.id for a in ((decided,) if isinstance(decided, Aggregate) else decided)
                            if a.pending_events}
                 if inline.cached <= changed:
                     return decided, bool(inline.cached)
+                break
         load = Loader(self.store, ctx.tenant_id, ctx.expected_version, self.settings_cache)
         return await asyncio.to_thread(decide, load), False
+
+    async def _load(self, aggregate_id: UUID | None, loaded: set[UUID]) -> bool:
+        """Whether `aggregate_id` is now in the cache, loaded once per decision at most (one
+        not stored, or one a thread is fast-forwarding, is then decided in a thread)."""
+        if aggregate_id is None or aggregate_id in loaded or self._loader is None:
+            return False
+        loaded.add(aggregate_id)
+        try:
+            return await self._loader.load(aggregate_id)
+        except psycopg.Error:  # a broken connection, say: the thread's load retries
+            return False
 
     async def check_tenant(self, tenant_id: str, *, suspended_too: bool = False) -> None:
         """Refuses a tenant the auth service never announced, or a suspended one."""
