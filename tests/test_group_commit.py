@@ -9,10 +9,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from psycopg_pool import PoolTimeout
 
 from aggregates.opportunity import Opportunity
 from erp.aggregate_cache import CacheFollower, CacheLoader
 from erp.commands import CommandContext, CommandRunner, Loader, NotFound, tenancy
+from erp.embedded import free_port
 from erp.eventstore import (
     CommitterStopped,
     ErpEventStore,
@@ -374,3 +376,34 @@ async def test_an_aggregate_not_in_the_cache_is_loaded_into_it_and_decided_on_th
         await loader.pool.close()
         store.close()
         events_only.close()
+
+
+async def test_a_database_out_of_reach_fails_the_load_at_once_instead_of_waiting_again_in_a_thread(
+    database_url: str,
+) -> None:
+    store = await asyncio.to_thread(store_for, database_url, 2, cache_size=100)
+    committer = GroupCommitter(store, database_url, max_batch=64)
+    nowhere = CacheLoader(store, f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    await nowhere.pool.open()
+    task = asyncio.create_task(committer.run())
+    try:
+        runner = CommandRunner(store, committer, retries=0)
+        await tenancy.register(runner, CTX, name="T Ltd")
+        opened = await runner.execute(CTX, lambda load: Opportunity.open(
+            tenant_id="t", customer_id="c", title="t", owner="o", stages=load.read_settings().stages))
+        assert store.repository.cache is not None
+        store.repository.cache.get(opened.aggregate_id, evict=True)
+
+        def rename(load: Loader) -> Opportunity:
+            found = load.target(Opportunity, opened.aggregate_id)
+            found.update(title="renamed")
+            return found
+
+        runner = CommandRunner(store, committer, retries=0, loader=nowhere)
+        with pytest.raises(PoolTimeout):
+            await runner.execute(CTX, rename)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await nowhere.pool.close()
+        store.close()

@@ -19,6 +19,7 @@ import psycopg
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 from prometheus_client import Counter
+from psycopg_pool import PoolTimeout
 
 from aggregates.errors import DomainError
 from aggregates.tenant_settings import TenantSettings
@@ -314,6 +315,8 @@ class CommandRunner:
         loaded.add(aggregate_id)
         try:
             return await self._loader.load(aggregate_id)
+        except PoolTimeout:
+            raise  # the database unreachable: the thread would wait for it again (503 now)
         except psycopg.Error:  # a broken connection, say: the thread's load retries
             return False
 
