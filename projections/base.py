@@ -133,6 +133,8 @@ def to_json(value: Any) -> str:
     """`value` (rows, payload Structs) as JSON text for a `::jsonb` parameter; amounts as JSON
     numbers, which PostgreSQL reads exactly into numeric columns."""
     return _json.encode(value).decode()
+
+
 # The row-set statements join their rows to the read model by its primary key. The planner
 # guesses 100 rows for any JSON row set and, for that many, would hash-join them against a
 # scan of the whole table; a connection applying projections plans nested loops instead (an
