@@ -40,11 +40,17 @@ async def test_time_travel_shows_an_aggregate_at_any_version(
     assert [line.split()[2] for line in lines] == ["Opened", "StageChanged", "Won"]
     assert all("by user-1" in line for line in lines)
     at_two = (await asyncio.to_thread(erp, service, "events", "show", oid, "--version", "2")).output
-    state = at_two.splitlines()[-1]
+    state = _state_line(at_two)
     assert '"stage": "proposal"' in state and '"status": "open"' in state and '"version": 2' in state
     when_staged = lines[1].split()[1]  # the StageChanged event's exact time
     back_then = (await asyncio.to_thread(erp, service, "events", "show", oid, "--at", when_staged)).output
-    assert '"version": 2' in back_then.splitlines()[-1] and '"stage": "proposal"' in back_then
+    assert '"version": 2' in _state_line(back_then) and '"stage": "proposal"' in back_then
+
+
+def _state_line(output: str) -> str:
+    """The command's `state at vN: {...}` line: the service under test runs in this process
+    and may log to the same captured output meanwhile."""
+    return [line for line in output.splitlines() if line.startswith("state at v")][-1]
 
 
 async def test_projection_status_shows_each_checkpoint_and_lag(
