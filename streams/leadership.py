@@ -90,10 +90,19 @@ async def _race(*coroutines: Awaitable[None]) -> None:
 async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
     """Cancels the tasks and waits until they have ended, cancelling again while any runs:
     on Python 3.11 an `asyncio.wait_for` inside a library (nats-py's requests) can swallow
-    a cancellation that coincides with its answer (CPython gh-86296)."""
-    pending = {t for t in tasks if not t.done()}
-    while pending:
+    a cancellation that coincides with its answer (CPython gh-86296).
+
+    Cancelling the caller does not cut this short (the tasks would outlive it, still
+    working against connections their owner is closing); it is raised once they have ended.
+    """
+    cancelled = False
+    while pending := {t for t in tasks if not t.done()}:
         for task in pending:
             task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.5)
+        try:
+            await asyncio.wait(pending, timeout=0.5)
+        except asyncio.CancelledError:
+            cancelled = True
     await asyncio.gather(*tasks, return_exceptions=True)
+    if cancelled:
+        raise asyncio.CancelledError
