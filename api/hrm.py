@@ -101,9 +101,15 @@ class RunListQuery(PageQuery):
 
 
 class PayslipHistoryQuery(PageQuery):
-    status: Literal["calculated", "approved", "processed", "cancelled", "any"] = Field(
-        default="processed", description="the runs' status; default: paid payslips only"
+    status: Literal["calculated", "approved", "processed", "paid", "cancelled", "any"] = Field(
+        default="processed",
+        description="the runs' status; default: issued payslips (`processed` takes in runs treasury "
+                    "has since paid; `paid` only those)",
     )
+
+
+# A processed run stays processed for filing and payslips once treasury has paid it.
+_ISSUED = "('processed', 'paid')"
 
 
 class SummaryQuery(ReadQuery):
@@ -441,7 +447,9 @@ async def employee_payslips(request: Request) -> Response:
     employee = await _employee(request)
     where = ["s.employee_id = %s", "s.tenant_id = %s"]
     args: list[Any] = [employee["employee_id"], rq.tenant(request)]
-    if params.status != "any":
+    if params.status == "processed":
+        where.append(f"r.status IN {_ISSUED}")
+    elif params.status != "any":
         where.append("r.status = %s")
         args.append(params.status)
     if params.cursor is not None:
@@ -606,7 +614,7 @@ async def statutory_summary(request: Request) -> Response:
         "SELECT coalesce(array_agg(payroll_id ORDER BY created_position), '{}') AS payroll_ids, "
         "coalesce(sum(employee_count), 0)::int AS employee_count, "
         + ", ".join(f"coalesce(sum({n}), 0)::numeric(18, 2) AS {n}" for n in _SUMMARY_TOTALS)
-        + " FROM payroll_runs WHERE tenant_id = %s AND period = %s AND status = 'processed'",
+        + f" FROM payroll_runs WHERE tenant_id = %s AND period = %s AND status IN {_ISSUED}",
         (tenant, params.period),
     ))[0]
     lines = await _rows(
@@ -615,7 +623,7 @@ async def statutory_summary(request: Request) -> Response:
         + ", ".join(f"s.{n}" for n in _FILING_AMOUNTS)
         + " FROM payslips s JOIN payroll_runs r USING (payroll_id) "
         "LEFT JOIN employees e ON e.employee_id = s.employee_id AND e.tenant_id = s.tenant_id "
-        "WHERE s.tenant_id = %s AND s.period = %s AND r.status = 'processed' "
+        f"WHERE s.tenant_id = %s AND s.period = %s AND r.status IN {_ISSUED} "
         "ORDER BY e.employee_number, s.name, s.employee_id",
         (tenant, params.period),
     )

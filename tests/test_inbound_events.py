@@ -19,7 +19,7 @@ from erp.bootstrap import Service
 from erp.cli import main
 from streams.inbound import DLQ_ERROR, DLQ_SUBJECT
 from tests.conftest import eventually
-from tests.test_hrm_api import hire, ok
+from tests.test_hrm_api import EMPLOYEES, PAYROLL, hire, ok
 from tests.test_procurement_api import approved
 
 OPPORTUNITIES = "/api/v1/crm/opportunities"
@@ -89,6 +89,14 @@ async def test_treasury_documents_link_to_their_opportunity_order_and_payroll_on
     paid = await read(client, f"{RUNS}/{run}", lambda b: b["status"] == "paid")
     assert paid["payment_id"] == "PAY-9"
     assert consumer(service, "erp-treasury").terminated == 0
+    # paid, the run is still the month's filing and its payslips are still issued
+    summary = (await client.get(f"{PAYROLL}/statutory-summary", params={"period": "2026-02"})).json()
+    assert summary["payroll_ids"] == [run] and summary["employee_count"] == 1
+    assert [line["employee_number"] for line in summary["employees"]] == ["E-1"]
+    employee = paid["payslips"][0]["employee_id"]
+    for status, runs in (("processed", [run]), ("paid", [run]), ("approved", [])):
+        slips = (await client.get(f"{EMPLOYEES}/{employee}/payslips", params={"status": status})).json()
+        assert [slip["payroll_id"] for slip in slips["items"]] == runs, status
 
 
 async def test_a_poison_event_is_parked_later_ones_flow_and_a_replayed_one_is_handled_once(
