@@ -63,6 +63,14 @@ async def test_a_signed_delivery_is_processed_once_and_forgeries_are_refused(
     assert unknown_source.status_code == 401
     tampered = await client.post(url, content=body.replace(b"INV-W1", b"INV-X9"), headers=signed("d-7"))
     assert tampered.status_code == 401
+    # treasury's secret signs treasury's events only: not auth's suspension of a tenant
+    body = json.dumps({"event_id": str(uuid.uuid4()), "event_type": "auth.tenant.updated",
+                       "tenant_id": "tenant-b", "timestamp": "2026-11-25T10:31:00Z",
+                       "data": {"name": "tenant-b Ltd", "status": "suspended"}}).encode()
+    foreign = await client.post(url, content=body, headers=signed("d-8"))
+    assert foreign.status_code == 400 and "from treasury" in foreign.json()["detail"], foreign.text
+    still = await client.get(OPPORTUNITIES, headers={**as_user("tenant-b")})
+    assert still.status_code == 200, still.text
 
 
 async def test_a_registered_endpoint_gets_each_chosen_event_signed_retried_and_visible(
