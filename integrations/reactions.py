@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+import httpx
 import msgspec
 import structlog
 from nats.js import JetStreamContext
@@ -99,12 +100,14 @@ class TreasuryReactions:
             await self._react(msg)
         except (Park, PeerRefused, PeerResponseInvalid, DomainError) as refused:
             await self._park(msg, f"treasury reaction refused: {refused}", attempt)
-        except PeerUnavailable as closed:  # the breaker is open: come back when it half-opens
-            wait = (closed.retry_at - datetime.now(UTC)).total_seconds() if closed.retry_at else 5.0
-            await msg.nak(delay=max(1.0, wait))
-        except Exception as error:  # PeerFailed, the database, a read model behind: retried
+        except Exception as error:  # PeerFailed, PeerUnavailable, the database, a read model behind
+            # Parked at the last delivery JetStream makes, whatever the cause: past it the
+            # event would sit unacknowledged and never be delivered again.
             if attempt >= self._max_deliver:
                 await self._park(msg, f"gave up after {attempt} attempts: {error!r}", attempt)
+            elif isinstance(error, PeerUnavailable):  # the breaker is open: come back when it half-opens
+                wait = (error.retry_at - datetime.now(UTC)).total_seconds() if error.retry_at else 5.0
+                await msg.nak(delay=max(1.0, wait))
             else:
                 log.warning("treasury reaction failed; retrying", subject=msg.subject, attempt=attempt,
                             error=repr(error))
@@ -229,7 +232,10 @@ class TreasuryReactions:
                 try:
                     url = await credentials.reveal(conn, self._keyring, tenant, f"peer.{peer}.url")
                     secret = await credentials.reveal(conn, self._keyring, tenant, f"peer.{peer}.credential")
-                    found = PeerConfig(name=peer, base_url=url, credential=secret)
+                    # named by where it is: tenants on one treasury share its breaker, and one
+                    # tenant's unreachable treasury does not stop the calls to the others'
+                    found = PeerConfig(name=f"{peer}@{httpx.URL(url).netloc.decode()}", base_url=url,
+                                       credential=secret)
                 except credentials.CredentialNotFound:
                     found = None
         self._configs[(tenant, peer)] = (time.monotonic(), found)
