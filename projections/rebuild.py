@@ -10,8 +10,10 @@ the rebuild ended, and row-level security is applied again. The live runner find
 checkpoint moved and resumes from there (events it applied to the old tables meanwhile
 are applied again to the new ones; every projection is idempotent per aggregate version).
 
-Stream sequence and log position are equal for a stream the relay wrote from the start,
-which is what the checkpoint relies on when a rebuild from the event store sets both.
+A rebuild from the event store numbers the events it reads as the stream does: the relay
+publishes every stored event once, in log-position order, so the stream sequence of an event
+is how many stored events there are up to its log position (positions have gaps, left by
+saves rolled back). That is where the checkpoint sends live processing on from.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from erp.eventstore import ErpEventStore
+from erp.eventstore import EVENTS_TABLE, ErpEventStore
 from erp.helper_processes import HelperProcesses, helper_store
 from projections.base import (
     FOR_ROW_SETS,
@@ -86,12 +88,12 @@ class Source(Protocol):
     name: str  # "event store" or "stream"
 
     async def end(self) -> int:
-        """The position (log position or stream sequence) the rebuild reads up to."""
+        """The stream sequence the rebuild reads up to."""
 
-    def batches(self, after: int, end: int, size: int,
+    def batches(self, after: int, after_position: int, end: int, size: int,
                 subjects: frozenset[str]) -> AsyncIterator[list[Read]]:
-        """Every event after `after` up to `end`, in order, in batches; only those of
-        `subjects` need a payload."""
+        """Every event after stream sequence `after` (log position `after_position`) up to
+        `end`, in order, in batches; only those of `subjects` need a payload."""
 
 
 # The subject of a stored event, from its topic alone: most events are not for a given read
@@ -128,44 +130,54 @@ class EventStoreSource:
         self._store = store
         self._database_url = database_url
         self._helpers = helpers
+        self._head = 0  # the log position of the last stored event, as of `end`
         self.helped = 0  # events the helper processes read
 
     async def end(self) -> int:
-        head = await asyncio.to_thread(self._store.recorder.max_notification_id)
-        return int(head or 0)
+        """The stream sequence of the last stored event: how many there are (a save rolled back
+        leaves a gap in the log positions, and nothing in the stream)."""
+        self._head, count = await asyncio.to_thread(self._head_and_count)
+        return count
 
-    async def batches(self, after: int, end: int, size: int,
+    def _head_and_count(self) -> tuple[int, int]:
+        with self._store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+            row = conn.execute(f"SELECT max(notification_id), count(*) FROM {EVENTS_TABLE}").fetchone()
+        return int(row["max"] or 0), int(row["count"])
+
+    async def batches(self, after: int, after_position: int, end: int, size: int,
                       subjects: frozenset[str]) -> AsyncIterator[list[Read]]:
-        """Read here until the helper processes are up, then by them."""
+        """Read here until the helper processes are up, then by them; numbered on from `after`."""
         helpers = self._helpers
         if helpers is None and end - after > HELPED_FROM:
             helpers = HelperProcesses(self._database_url, HELPERS)
+        seq, position, head = after, after_position, self._head
         try:
-            while after < end:
+            while position < head:
                 if helpers is not None and helpers.ready:
-                    async for found in self._helped_batches(helpers, after, end, size, subjects):
+                    async for found in self._helped_batches(helpers, seq, position, head, size, subjects):
                         yield found
                     return
-                rows = await asyncio.to_thread(rows_between, self._store, after, end, size)
+                rows = await asyncio.to_thread(rows_between, self._store, position, head, size)
                 if not rows:
                     return
-                yield [Read(row["notification_id"], row["notification_id"], _SUBJECTS.get(row["topic"])
+                yield [Read(seq, row["notification_id"], _SUBJECTS.get(row["topic"])
                             or encoded(self._store, row).publication.subject, row["originator_version"],
-                            functools.partial(self._payload, row)) for row in rows]
-                after = rows[-1]["notification_id"]
+                            functools.partial(self._payload, row)) for seq, row in enumerate(rows, seq + 1)]
+                seq, position = seq + len(rows), rows[-1]["notification_id"]
         finally:
             if helpers is not None and helpers is not self._helpers:
                 helpers.close()
 
-    async def _helped_batches(self, helpers: HelperProcesses, after: int, end: int, size: int,
+    async def _helped_batches(self, helpers: HelperProcesses, seq: int, after: int, head: int, size: int,
                               subjects: frozenset[str]) -> AsyncIterator[list[Read]]:
-        ranges = helpers.in_ranges(_encoded_range, after, end, size, subjects)
+        ranges = helpers.in_ranges(_encoded_range, after, head, size, subjects)
         async with contextlib.aclosing(ranges):
-            async for found in ranges:
+            async for found in ranges:  # each range whole and in order: numbered on
                 self.helped += len(found)
                 if found:
-                    yield [Read(position, position, subject, version, functools.partial(bytes, payload))
-                           for position, subject, version, payload in found]
+                    yield [Read(seq, position, subject, version, functools.partial(bytes, payload))
+                           for seq, (position, subject, version, payload) in enumerate(found, seq + 1)]
+                    seq += len(found)
 
     def _payload(self, row: dict[str, Any]) -> bytes:
         return encoded(self._store, row).payload
@@ -183,7 +195,7 @@ class StreamSource:
     async def end(self) -> int:
         return int((await self._js.stream_info(self._stream)).state.last_seq)
 
-    async def batches(self, after: int, end: int, size: int,
+    async def batches(self, after: int, after_position: int, end: int, size: int,
                       subjects: frozenset[str]) -> AsyncIterator[list[Read]]:
         if after >= end:
             return
@@ -303,7 +315,8 @@ async def rebuild_many(database_url: str, source: Source, projections: Sequence[
         try:
             subjects = frozenset(subject for subject in _SUBJECTS.values()
                                  if any(t.projection.reads(subject) is not None for t in targets))
-            async for events in source.batches(min(t.seq for t in targets), end, batch, subjects):
+            behind = min(targets, key=lambda t: t.seq)
+            async for events in source.batches(behind.seq, behind.position, end, batch, subjects):
                 if (since_collected := since_collected + len(events)) >= COLLECT_EVERY:
                     gc.collect()
                     since_collected = 0

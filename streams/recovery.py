@@ -3,7 +3,9 @@
 The relay resumes from the stream's last event, so a stream that only lost its tail (a
 NATS volume restored from an older backup) refills by itself. A stream that is gone, was
 purged, or lost its beginning cannot: every consumer (and the projectors' checkpoints)
-relies on stream sequence = log position. Recovery creates the stream afresh and
+relies on the stream holding every stored event once, in log order, from sequence 1 (so
+the sequence of an event is how many stored events there are up to its log position; the
+positions themselves have gaps where saves rolled back). Recovery creates the stream afresh and
 republishes every stored event through the relay's own code, with their event ids
 unchanged. A service's relay may write at the same time: each publish names the event
 that must precede it (Nats-Expected-Last-Msg-Id), so of two writers the one behind is
@@ -22,7 +24,7 @@ import psycopg
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from erp.eventstore import ErpEventStore
+from erp.eventstore import EVENTS_TABLE, ErpEventStore
 from streams.jetstream import ensure_stream
 from streams.leadership import stop_tasks
 from streams.relay import Relay, StreamMismatch, check_head, stream_head
@@ -42,10 +44,12 @@ async def diagnose(nc: NATS, database_url: str, stream: str) -> str | None:
         async with await psycopg.AsyncConnection.connect(database_url,
                                                          row_factory=psycopg.rows.dict_row) as conn:
             await check_head(conn, head)
+            stored = await _stored_up_to(conn, head.position)
     except StreamMismatch as mismatch:
         return str(mismatch)
-    if head.position != head.last_seq:
-        return f"stream {stream}: sequence {head.last_seq} holds log position {head.position}"
+    if stored != head.last_seq:
+        return (f"stream {stream}: sequence {head.last_seq} holds log position {head.position}, "
+                f"the {stored}th stored event")
     return None
 
 
@@ -70,4 +74,13 @@ async def recover(nc: NATS, database_url: str, store: ErpEventStore, stream: str
                 progress(relay.published_position, end)
     finally:
         await stop_tasks([task])
-    return end
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        return await _stored_up_to(conn, end)
+
+
+async def _stored_up_to(conn: psycopg.AsyncConnection[Any], position: int) -> int:
+    """How many stored events there are up to `position`: the stream sequence of its event."""
+    cur = conn.cursor(row_factory=psycopg.rows.tuple_row)
+    await cur.execute(f"SELECT count(*) FROM {EVENTS_TABLE} WHERE notification_id <= %s", (position,))
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
