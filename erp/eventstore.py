@@ -237,6 +237,9 @@ class GroupCommitter:
     async def _commit(self, batch: list[_Waiting]) -> None:
         try:
             outcomes = await self._save_batch(batch)
+        except Exception as error:  # a bug of ours: this batch fails, the committer goes on
+            log.error("batch not saved", commands=len(batch), error=repr(error))
+            outcomes = [error for _ in batch]
         except BaseException:
             unknown = CommitterStopped("the service stopped while saving; the outcome is unknown")
             for waiting in batch:
@@ -353,7 +356,10 @@ class GroupCommitter:
         except IntegrityError:
             # A save whose connection broke is tried again: if the first try had committed,
             # the retry clashes with our own events. Those are a success.
-            stored = await asyncio.to_thread(self._stored_as_ours, aggregates, pending)
+            try:
+                stored = await asyncio.to_thread(self._stored_as_ours, aggregates, pending)
+            except Exception as error:  # not to be told now (the database is out of reach)
+                return error
             if stored is not None:
                 return stored
             ids = ", ".join(str(a.id) for a in aggregates)

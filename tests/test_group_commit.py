@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 
@@ -94,6 +95,33 @@ async def test_a_commit_whose_answer_was_lost_is_recognised_as_ours(
     rival.change_stage("proposal")  # its version 2 is not the stored one
     theirs = list(rival.pending_events)
     assert isinstance(await committer._save_one((rival,), [theirs]), VersionConflict)
+
+
+async def test_a_clash_that_cannot_be_checked_fails_that_command_and_the_committer_goes_on(
+    committer: GroupCommitter, store: ErpEventStore, database_url: str
+) -> None:
+    """A clash is checked against the stored events on the store's own connections; when
+    those are dead (the database restarted under them), that command fails, not the committer."""
+    first = opportunity()
+    await committer.save(first)
+    stale: Opportunity = store.repository.get(first.id)  # a pooled connection of the store's
+    other = await asyncio.to_thread(store_for, database_url, 1)
+    try:
+        theirs: Opportunity = other.repository.get(first.id)
+        theirs.change_stage("proposal")
+        other.save(theirs)  # another instance's change: this committer has not seen it
+    finally:
+        other.close()
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                           "AND application_name <> 'erp-commit'")
+    stale.change_stage("negotiation")
+    with pytest.raises(Exception) as failed:
+        await committer.save(stale)
+    assert not isinstance(failed.value, CommitterStopped), failed.value
+    saved = await committer.save(opportunity(1))  # the committer carries on
+    assert saved[0].version == 1
 
 
 async def test_several_aggregates_of_one_command_are_saved_together_or_not_at_all(
