@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 import structlog
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 log = structlog.get_logger("erp.leadership")
 
@@ -21,9 +21,21 @@ PING_SECONDS = 1.0
 RETRY_SECONDS = 1.0
 # Short: a role stopped by a database outage resumes this long after the database is back at most.
 MAX_RETRY_SECONDS = 5.0
-# A silent network partition must end the session (and so the lock) within seconds.
-KEEPALIVE = ("keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3 "
-             "tcp_user_timeout=10000")
+# A silent network partition, or the leader's host gone, must end the session (and so free
+# the lock) within seconds: on the client (libpq's keepalives, so the leader stops) and on the
+# server (its session keepalives, so PostgreSQL drops the lock of a host that is gone; with
+# the server's defaults an idle session outlives its host by the kernel's two hours).
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+             "tcp_user_timeout": 10000}
+SERVER_KEEPALIVE = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
+                    "-c tcp_user_timeout=10000")
+
+
+def lock_conninfo(database_url: str, role: str) -> str:
+    """The lock connection's: its own name, and keepalives on both ends."""
+    given = conninfo_to_dict(database_url)
+    options = f"{given.get('options') or ''} {SERVER_KEEPALIVE}".strip()
+    return make_conninfo(database_url, application_name=f"erp-{role}-lock", options=options, **KEEPALIVE)
 
 
 def lock_key(role: str) -> int:
@@ -54,8 +66,7 @@ async def lead(
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(
-                make_conninfo(database_url, application_name=f"erp-{role}-lock") + " " + KEEPALIVE,
-                autocommit=True, connect_timeout=5,
+                lock_conninfo(database_url, role), autocommit=True, connect_timeout=5,
             ) as conn:
                 log.info("waiting for leadership", role=role)
                 await conn.execute("SELECT pg_advisory_lock(%s)", (key,))

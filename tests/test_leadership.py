@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from streams.leadership import _race, stop_tasks
+import psycopg
+
+from streams.leadership import _race, lock_conninfo, stop_tasks
 
 
 async def _stubborn(seconds: float, ended: asyncio.Event) -> None:
@@ -39,3 +41,16 @@ async def test_stop_tasks_still_ends_its_tasks_when_its_caller_is_cancelled() ->
     await asyncio.wait([stopping])
     assert ended.is_set() and work.done()
     assert stopping.cancelled()  # the cancellation is kept, not swallowed
+
+
+async def test_the_lock_connection_keeps_alive_on_both_ends(database_url: str) -> None:
+    """The server's keepalives end the session, and so free the lock, of a leader whose host
+    is gone; the client's stop a leader cut off from the database."""
+    url = database_url + ("&" if "?" in database_url else "?") + "options=-c%20statement_timeout%3D7000"
+    async with await psycopg.AsyncConnection.connect(lock_conninfo(url, "relay:ERP")) as conn:
+        cur = await conn.execute("SELECT current_setting('tcp_keepalives_idle'), "
+                                 "current_setting('tcp_user_timeout'), current_setting('statement_timeout'), "
+                                 "current_setting('application_name'), inet_client_addr() IS NOT NULL")
+        assert await cur.fetchone() == ("5", "10000", "7s", "erp-relay:ERP-lock", True)
+        client = conn.info.get_parameters()
+        assert (client["keepalives_idle"], client["tcp_user_timeout"]) == ("5", "10000")
