@@ -5,8 +5,9 @@ through the same code path as live processing: from the event store (the source 
 truth; each event encoded as the relay publishes it, then decoded and applied by the
 projection) or from the JetStream stream (decoded exactly as the live runner does). Each
 batch commits with its progress, so an interrupted rebuild can be resumed or discarded.
-Then, in one transaction, the new tables replace the old, the checkpoint moves to where
-the rebuild ended, and row-level security is applied again. The live runner finds its
+Then the new tables get row-level security and the API role's grant, and in one
+transaction replace the old while the checkpoint moves to where the rebuild ended. The
+live runner finds its
 checkpoint moved and resumes from there (events it applied to the old tables meanwhile
 are applied again to the new ones; every projection is idempotent per aggregate version).
 
@@ -333,9 +334,11 @@ async def rebuild_many(database_url: str, source: Source, projections: Sequence[
         await asyncio.gather(*(_build_deferred_indexes(t.conn, t.schema) for t in targets))
         seconds = time.perf_counter() - started
         for target in targets:
+            # isolated in the rebuild's schema: each table is swapped in readable by the API role
+            # under row-level security, never without (nor left so by a rebuild stopped meanwhile)
+            await isolate_tenants(target.conn)
             await target.conn.execute("SET search_path TO DEFAULT")
             await _swap(target.conn, target.schema, target.projection.name, target.seq, target.position)
-        await isolate_tenants(targets[0].conn)
     return [Rebuilt(t.projection.name, t.read, t.position, seconds) for t in targets]
 
 
