@@ -47,7 +47,7 @@ from integrations.treasury import BillRequest, InvoiceRequest, PayeeLine, Payrol
 from projections.positions import ReadModelPositions
 from streams import envelope as env
 from streams.catalogue import PAYLOADS_BY_SUBJECT
-from streams.inbound import backoff, consume_durable, park
+from streams.inbound import backoff, consume_durable, deliveries, park, unanswered
 from streams.jetstream import header
 
 log = structlog.get_logger("erp.reactions")
@@ -87,7 +87,8 @@ class TreasuryReactions:
         """Creates the durable consumer (from the next event on, the first time); done
         before the service takes commands, so none of their events is missed."""
         config = ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT,
-                                deliver_policy=DeliverPolicy.NEW, ack_wait=120, max_deliver=self._max_deliver,
+                                deliver_policy=DeliverPolicy.NEW, ack_wait=120,
+                                max_deliver=deliveries(self._max_deliver),
                                 filter_subjects=list(SUBJECTS), max_ack_pending=100)
         await self._js.add_consumer(self._stream, config)
 
@@ -96,6 +97,9 @@ class TreasuryReactions:
 
     async def _deliver(self, msg: Any) -> None:
         attempt = msg.metadata.num_delivered
+        if reason := unanswered(attempt, self._max_deliver):
+            await self._park(msg, reason, attempt - 1)
+            return
         try:
             await self._react(msg)
         except (Park, PeerRefused, PeerResponseInvalid, DomainError) as refused:

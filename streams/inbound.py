@@ -147,16 +147,31 @@ async def ensure_dead_letter_stream(js: JetStreamContext, name: str, replicas: i
         await js.add_stream(config)
 
 
+def deliveries(tries: int) -> int:
+    """A consumer's max_deliver for `tries` tries: one more, so that a message whose last try
+    ended unanswered (the process stopped while handling it, or its acknowledgement was lost)
+    comes once more, to be parked; past max_deliver JetStream would never deliver it again."""
+    return tries + 1
+
+
+def unanswered(attempt: int, tries: int) -> str | None:
+    """Why a delivery is parked without being tried: the delivery `deliveries` added."""
+    if attempt <= tries:
+        return None
+    return f"no answer to the last of {tries} tries (the process handling it stopped, or its ack was lost)"
+
+
 async def park(js: JetStreamContext, dead_letters: str, durable: str, stream: str, msg: Any, reason: str,
                attempts: int) -> None:
-    """Into the dead-letter stream with the reason, then off its consumer; published with an
-    id of its origin, so parking twice (a crash in between) keeps one copy."""
+    """Into the dead-letter stream with the reason, then off its consumer; published with the
+    id of its origin (stream and sequence), so parking it twice (a crash in between, a
+    later delivery) keeps one copy."""
     seq = msg.metadata.sequence.stream
     await js.publish(
         f"dlq.{durable}.{msg.subject}", msg.data, stream=dead_letters,
         headers={DLQ_CONSUMER: durable, DLQ_ERROR: reason[:2000], DLQ_ATTEMPTS: str(attempts),
                  DLQ_STREAM: stream, DLQ_STREAM_SEQ: str(seq), DLQ_SUBJECT: msg.subject,
-                 "Nats-Msg-Id": f"{stream}:{seq}:{attempts}"})
+                 "Nats-Msg-Id": f"{stream}:{seq}"})
     log.error("event parked", consumer=durable, subject=msg.subject, reason=reason, stream_seq=seq)
     await msg.term()
 
@@ -187,7 +202,7 @@ class InboundConsumer:
     async def _create(self) -> None:
         config = ConsumerConfig(
             durable_name=self._durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-            ack_wait=self._ack_wait, max_deliver=self._max_deliver,
+            ack_wait=self._ack_wait, max_deliver=deliveries(self._max_deliver),
             filter_subjects=sorted(self._by_subject), max_ack_pending=1 if self._in_order else 1000,
         )
         for attempt in itertools.count():  # the peer's stream may not exist yet
@@ -211,6 +226,9 @@ class InboundConsumer:
         self.pending = msg.metadata.num_pending
         if attempt > 1:
             self.redelivered += 1
+        if reason := unanswered(attempt, self._max_deliver):
+            await self._park(msg, reason, attempt - 1)
+            return
         try:
             await self._handle(msg)
         except Unhandleable as refused:

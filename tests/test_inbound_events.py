@@ -15,9 +15,11 @@ import psycopg
 from click.testing import CliRunner
 from nats.js.api import StreamConfig
 
-from erp.bootstrap import Service
+from erp.bootstrap import Endpoints, Service
 from erp.cli import main
-from streams.inbound import DLQ_ERROR, DLQ_SUBJECT
+from streams.events.auth import TenantAnnounced
+from streams.inbound import DLQ_ERROR, DLQ_SUBJECT, InboundConsumer, Subscription, ensure_dead_letter_stream
+from streams.leadership import stop_tasks
 from tests.conftest import eventually
 from tests.test_hrm_api import EMPLOYEES, PAYROLL, hire, ok
 from tests.test_procurement_api import approved
@@ -226,3 +228,52 @@ async def test_a_peer_stream_recreated_by_its_owner_is_consumed_again(
     async with await psycopg.AsyncConnection.connect(service.endpoints.database_url) as conn:
         orders = await (await conn.execute("SELECT order_id FROM pos_orders ORDER BY 1")).fetchall()
     assert orders == [("POS-1",), ("POS-2",)]
+
+
+async def test_an_event_whose_last_try_ended_unanswered_is_parked_not_lost(
+    endpoints: Endpoints, js: Any
+) -> None:
+    """The process handling an event's last try dies: JetStream delivers it once more, to be
+    parked (past the consumer's max_deliver it would never deliver it again)."""
+    await streams(js, "acme")
+    await ensure_dead_letter_stream(js, "ERP_DLQ", 1)
+    tries = 0
+
+    async def handle(envelope: Any, ctx: Any) -> None:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise RuntimeError("the database is away")  # retried a second later
+        await asyncio.Event().wait()  # the last try: the process dies while handling it
+
+    def consumer_of(handler: Any) -> InboundConsumer:
+        return InboundConsumer(js, "ACME", "erp-acme", [Subscription("acme.tenant.updated", TenantAnnounced,
+                                                                     handler)],
+                               dead_letters="ERP_DLQ", max_deliver=2, ack_wait_seconds=1.0)
+
+    first = consumer_of(handle)
+    running = asyncio.create_task(first.run())
+    await js.publish("acme.tenant.updated", event("acme.tenant.updated", {"name": "Acme"}))
+
+    async def on_last_try() -> bool:
+        return tries == 2
+    await eventually(on_last_try, timeout=15)
+    await stop_tasks([running])  # as a SIGKILL: no answer, no ack
+
+    handled: list[Any] = []
+
+    async def would_succeed(envelope: Any, ctx: Any) -> None:
+        handled.append(envelope)
+
+    second = consumer_of(would_succeed)
+    running = asyncio.create_task(second.run())
+    try:
+        async def parked() -> bool:
+            return second.terminated == 1
+        await eventually(parked, timeout=15)
+    finally:
+        await stop_tasks([running])
+    assert handled == [] and tries == 2  # parked as it was: not tried a third time
+    letter = await js.get_msg("ERP_DLQ", (await js.stream_info("ERP_DLQ")).state.last_seq)
+    assert "no answer to the last of 2 tries" in letter.headers[DLQ_ERROR]
+    assert letter.headers[DLQ_SUBJECT] == "acme.tenant.updated"
