@@ -613,7 +613,7 @@ async def statutory_summary(request: Request) -> Response:
         request,
         "SELECT coalesce(array_agg(payroll_id ORDER BY created_position), '{}') AS payroll_ids, "
         "coalesce(sum(employee_count), 0)::int AS employee_count, "
-        + ", ".join(f"coalesce(sum({n}), 0)::numeric(18, 2) AS {n}" for n in _SUMMARY_TOTALS)
+        + ", ".join(f"round(coalesce(sum({n}), 0), 2) AS {n}" for n in _SUMMARY_TOTALS)
         + f" FROM payroll_runs WHERE tenant_id = %s AND period = %s AND status IN {_ISSUED}",
         (tenant, params.period),
     ))[0]

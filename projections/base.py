@@ -139,6 +139,24 @@ def to_json(value: Any) -> str:
 # guesses 100 rows for any JSON row set and, for that many, would hash-join them against a
 # scan of the whole table; a connection applying projections plans nested loops instead (an
 # index lookup per row), whatever the batch.
+def unbounded_numeric(*tables: str) -> str:
+    """DDL: the numeric columns of `tables` take any amount the domain accepted (a column of
+    bounded precision would refuse one, and the projection would stop there for every tenant
+    until the amount fitted). Tables made with a bounded one are altered in place: no rewrite,
+    their values already fit."""
+    listed = ", ".join(f"'{table}'::regclass" for table in tables)
+    return f"""
+DO $$ DECLARE c record; BEGIN
+    FOR c IN SELECT attrelid::regclass AS t, attname FROM pg_attribute
+             WHERE attrelid IN ({listed}) AND atttypid = 'numeric'::regtype AND atttypmod <> -1
+                   AND NOT attisdropped
+    LOOP
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE numeric', c.t, c.attname);
+    END LOOP;
+END $$;
+"""
+
+
 FOR_ROW_SETS = "SET enable_hashjoin = off; SET enable_mergejoin = off"
 
 

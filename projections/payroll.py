@@ -16,7 +16,7 @@ import msgspec
 from psycopg_pool import AsyncConnectionPool
 
 from aggregates.statutory import first_day, last_day
-from projections.base import Delivered, Statements, to_json
+from projections.base import Delivered, Statements, to_json, unbounded_numeric
 from projections.positions import ReadModelPositions
 from projections.tenancy import tenant_rows
 from streams.events import hrm as h
@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS employees (
     hired_on date NOT NULL,
     terminated_on date,
     termination_reason text,
-    basic_pay numeric(18, 2) NOT NULL,
+    basic_pay numeric NOT NULL,
     allowances jsonb NOT NULL,
     pay_effective text NOT NULL,
     version integer NOT NULL,
@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS employee_pay (
     employee_id uuid NOT NULL,
     effective text NOT NULL,
     tenant_id text NOT NULL,
-    basic_pay numeric(18, 2) NOT NULL,
+    basic_pay numeric NOT NULL,
     allowances jsonb NOT NULL,
     version integer NOT NULL,
     changed_at timestamptz NOT NULL,
@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS payroll_runs (
     status text NOT NULL,
     rules_effective_from text,
     employee_count integer NOT NULL DEFAULT 0,
-    {", ".join(f"{name} numeric(18, 2)" for name in TOTALS)},
+    {", ".join(f"{name} numeric" for name in TOTALS)},
     approver text,
     cancel_reason text,
     processed_at timestamptz,
@@ -95,11 +95,11 @@ CREATE TABLE IF NOT EXISTS payslips (
     name text NOT NULL,
     employment text NOT NULL,
     allowances jsonb NOT NULL,
-    {", ".join(f"{name} numeric(18, 2) NOT NULL" for name in PAYSLIP_AMOUNTS)},
+    {", ".join(f"{name} numeric NOT NULL" for name in PAYSLIP_AMOUNTS)},
     PRIMARY KEY (payroll_id, employee_id)
 );
 CREATE INDEX IF NOT EXISTS payslips_tenant_employee ON payslips (tenant_id, employee_id, period);
-"""
+""" + unbounded_numeric("employees", "employee_pay", "payroll_runs", "payslips")
 
 _allowances_decoder = msgspec.json.Decoder(list[h.Allowance])
 

@@ -8,7 +8,15 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from projections.base import STEP, Delivered, Statements, rows_of, to_json, versioned_change
+from projections.base import (
+    STEP,
+    Delivered,
+    Statements,
+    rows_of,
+    to_json,
+    unbounded_numeric,
+    versioned_change,
+)
 from streams.events import procurement as p
 
 DDL = """
@@ -23,11 +31,11 @@ CREATE TABLE IF NOT EXISTS purchase_orders (
     required_by date,
     ordered_on date NOT NULL,
     line_count integer NOT NULL,
-    net_amount numeric(18, 2) NOT NULL,
-    tax_amount numeric(18, 2) NOT NULL,
-    total_amount numeric(18, 2) NOT NULL,
+    net_amount numeric NOT NULL,
+    tax_amount numeric NOT NULL,
+    total_amount numeric NOT NULL,
     exchange_rate_to_kes numeric,
-    amount_kes numeric(18, 2),
+    amount_kes numeric,
     required_roles text[] NOT NULL DEFAULT '{}',
     approvals jsonb NOT NULL DEFAULT '[]',
     rejection_reason text,
@@ -59,9 +67,9 @@ CREATE TABLE IF NOT EXISTS purchase_order_lines (
     unit_price numeric NOT NULL,
     tax_code text,
     tax_rate numeric NOT NULL,
-    net_amount numeric(18, 2) NOT NULL,
-    tax_amount numeric(18, 2) NOT NULL,
-    total_amount numeric(18, 2) NOT NULL,
+    net_amount numeric NOT NULL,
+    tax_amount numeric NOT NULL,
+    total_amount numeric NOT NULL,
     accepted_quantity numeric NOT NULL DEFAULT 0,
     rejected_quantity numeric NOT NULL DEFAULT 0,
     PRIMARY KEY (purchase_order_id, line_no)
@@ -80,7 +88,7 @@ CREATE TABLE IF NOT EXISTS purchase_order_receipts (
     recorded_at timestamptz NOT NULL,
     PRIMARY KEY (purchase_order_id, receipt_id, line_no)
 );
-"""
+""" + unbounded_numeric("purchase_orders", "purchase_order_lines")
 
 # The order's row changes only on top of the version before it, so a replayed event is a
 # no-op. Lines and receipts change first, and only while the order is still at the

@@ -60,3 +60,30 @@ async def test_an_event_store_starting_beside_saves_in_flight_waits_for_none(dat
         cur = await conn.execute("SELECT name FROM erp_schema_applied WHERE name LIKE 'recorder:%' "
                                  "ORDER BY name")
         assert await cur.fetchall() == [("recorder:erp_events",), ("recorder:erp_snapshots",)]
+
+
+async def test_money_columns_take_any_amount_the_domain_accepted_even_on_older_tables(
+    database_url: str,
+) -> None:
+    """A column of bounded precision would refuse an amount, and its projection would stop
+    there for every tenant. Tables an older version made with numeric(18, 2) are widened."""
+    payroll = next(p for p in all_projections() if p.name == "payroll")
+
+    class Older(type(payroll)):  # type: ignore[misc]
+        ddl = payroll.ddl.split("DO $$")[0].replace("gross_pay numeric", "gross_pay numeric(18, 2)")
+
+    bounded = ("SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+               "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public' "
+               "WHERE c.relkind = 'r' AND a.atttypid = 'numeric'::regtype AND a.atttypmod <> -1 "
+               "AND c.relname <> 'opportunities'")  # an opportunity's one amount: bounded by the API
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await ensure_schema(conn, Older())
+        assert sorted(await (await conn.execute(bounded)).fetchall()) == [
+            ("payroll_runs", "gross_pay"), ("payslips", "gross_pay")]
+        for projection in all_projections():
+            await ensure_schema(conn, projection)
+        assert await (await conn.execute(bounded)).fetchall() == []
+        await conn.execute(
+            "INSERT INTO payroll_runs (payroll_id, tenant_id, period, status, net_pay, version, "
+            "created_position, log_position, created_at, updated_at) VALUES (gen_random_uuid(), 't', "
+            "'2026-02', 'processed', 12345678901234567890.12, 1, 1, 1, now(), now())")
