@@ -13,6 +13,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from aggregates.errors import InvalidValue, RuleViolation
+from aggregates.money import amount_in_cents
 from aggregates.statutory import (
     Allowance,
     Employment,
@@ -21,7 +22,6 @@ from aggregates.statutory import (
     last_day,
     parse_date,
     parse_period,
-    to_cents,
 )
 
 # KRA PIN of an individual: a letter, nine digits, a letter (A123456789Z).
@@ -95,7 +95,7 @@ def _required(value: str, field: str) -> str:
 def _basic_pay(amount: Decimal) -> Decimal:
     if not amount.is_finite() or amount <= 0:
         raise PayNotPositive(f"basic_pay {amount} must be greater than zero", field="basic_pay")
-    return to_cents(amount)
+    return amount_in_cents(amount, "basic_pay")
 
 
 def _allowances(allowances: Iterable[tuple[str, Decimal]]) -> list[dict[str, Any]]:
@@ -109,7 +109,7 @@ def _allowances(allowances: Iterable[tuple[str, Decimal]]) -> list[dict[str, Any
             )
         if any(a["name"] == name for a in checked):
             raise DuplicateAllowance(f"allowance {name!r} is given twice", field="allowances")
-        checked.append({"name": name, "amount": to_cents(amount)})
+        checked.append({"name": name, "amount": amount_in_cents(amount, "allowances", f"allowance {name!r}")})
     return checked
 
 

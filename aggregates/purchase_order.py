@@ -18,17 +18,17 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import date
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
 from aggregates.errors import InvalidValue, RuleViolation
+from aggregates.money import amount_in_cents, to_cents
 
 DEFAULT_CURRENCY = "KES"
 THRESHOLD_CURRENCY = "KES"  # the currency of every approval threshold
-CENT = Decimal("0.01")
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
 
@@ -305,10 +305,6 @@ class PurchaseOrderLine:
         return cls(**record)
 
 
-def _cents(amount: Decimal) -> Decimal:
-    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
-
-
 def _decimal(value: object, name: str) -> Decimal:
     # int is exact; float is refused so that no binary fraction reaches money.
     if isinstance(value, bool) or not isinstance(value, (Decimal, int)):
@@ -355,8 +351,8 @@ def price_line(line_no: int, line: OrderLine) -> PurchaseOrderLine:
     if tax_rate and tax_code is None:
         raise TaxCodeRequired("a taxed line names the treasury tax code its rate comes from",
                               field="tax_code")
-    net = _cents(quantity * unit_price)
-    tax = _cents(net * tax_rate / HUNDRED)
+    net = amount_in_cents(quantity * unit_price, "unit_price", "quantity * unit_price")
+    tax = to_cents(net * tax_rate / HUNDRED)
     return PurchaseOrderLine(
         line_no=line_no, item_id=item_id, description=line.description.strip(), quantity=quantity,
         unit=unit, unit_price=unit_price, tax_code=tax_code, tax_rate=tax_rate,
@@ -518,7 +514,8 @@ class PurchaseOrder(Aggregate):
             if rate <= 0:
                 raise InvalidExchangeRate(f"exchange_rate_to_kes must be positive, not {rate}",
                                           field="exchange_rate_to_kes")
-            amount_kes = _cents(self.total_amount * rate)
+            amount_kes = amount_in_cents(self.total_amount * rate, "exchange_rate_to_kes",
+                                         "total_amount * exchange_rate_to_kes")
         self._submitted(
             required_roles=(chain or ApprovalChain()).roles_for(amount_kes),
             total_amount=self.total_amount,

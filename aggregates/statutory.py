@@ -22,21 +22,17 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, NamedTuple
 
 from aggregates.errors import InvalidValue
+from aggregates.money import MAX_AMOUNT, to_cents
 
-CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
 
 _PERIOD = re.compile(r"(\d{4})-(\d{2})")
 _MONTH_OR_DAY = re.compile(r"(\d{4})-(\d{2})(?:-(\d{2}))?")
-
-
-def to_cents(amount: Decimal) -> Decimal:
-    return amount.quantize(CENT, ROUND_HALF_UP)
 
 
 class InvalidPeriod(InvalidValue):
@@ -197,6 +193,8 @@ class StatutoryRules:
         for name, amount in amounts.items():
             if not amount.is_finite() or amount < 0:
                 raise InvalidRules(f"{name} {amount} must not be negative", field=name)
+            if amount >= MAX_AMOUNT:
+                raise InvalidRules(f"{name} {amount:f} is not an amount below {MAX_AMOUNT:,}", field=name)
         if not self.nssf_upper_limit.is_finite() or self.nssf_upper_limit < self.nssf_lower_limit:
             raise InvalidRules(
                 f"nssf_upper_limit {self.nssf_upper_limit} is below nssf_lower_limit "

@@ -30,9 +30,9 @@ from eventsourcing.domain import Aggregate, event
 
 from aggregates.bom import BomVersion, CostNegative, PercentNegative, QuantityNotPositive
 from aggregates.errors import InvalidValue, RuleViolation
+from aggregates.money import amount_in_cents, to_cents
 
 QUANTITY = Decimal("0.001")
-CENTS = Decimal("0.01")
 RATIO = Decimal("0.0001")
 ZERO = Decimal(0)
 DEFAULT_CURRENCY = "KES"
@@ -184,10 +184,6 @@ def _cost(value: Decimal, field: str) -> Decimal:
     return value
 
 
-def _cents(amount: Decimal) -> Decimal:
-    return amount.quantize(CENTS, ROUND_HALF_UP)
-
-
 def _allowance(base: Decimal, percent: Decimal) -> Decimal:
     # Rounded down: a tolerance is a ceiling (0.109 + 10 % allows 0.119, not 0.120).
     return (base * (100 + percent) / 100).quantize(QUANTITY, ROUND_DOWN)
@@ -239,12 +235,12 @@ class WorkOrder(Aggregate):
     @property
     def labour_cost(self) -> Decimal:
         if self.labour_hours == 0 and self.labour_cost_per_unit is not None:
-            return _cents(self.labour_cost_per_unit * self.produced_quantity)
+            return to_cents(self.labour_cost_per_unit * self.produced_quantity)
         return self.recorded_labour_cost
 
     @property
     def overhead_cost(self) -> Decimal:
-        return _cents((self.materials_cost + self.labour_cost) * self.overhead_percent / 100)
+        return to_cents((self.materials_cost + self.labour_cost) * self.overhead_percent / 100)
 
     @property
     def total_cost(self) -> Decimal:
@@ -255,7 +251,7 @@ class WorkOrder(Aggregate):
         """Total cost per produced unit, in cents; None until something is produced."""
         if self.produced_quantity == 0:
             return None
-        return _cents(self.total_cost / self.produced_quantity)
+        return to_cents(self.total_cost / self.produced_quantity)
 
     @property
     def production_yield(self) -> Decimal:
@@ -384,7 +380,7 @@ class WorkOrder(Aggregate):
             quantity=quantity,
             unit=material.unit,
             unit_cost=unit_cost,
-            cost=_cents(quantity * unit_cost),
+            cost=amount_in_cents(quantity * unit_cost, "unit_cost", "quantity * unit_cost"),
             currency=self.currency,
         )
 
@@ -443,7 +439,8 @@ class WorkOrder(Aggregate):
         if not hours.is_finite() or hours <= 0:
             raise QuantityNotPositive(f"hours must be greater than zero, got {hours}", field="hours")
         rate = _cost(rate, "rate")
-        self._labour_recorded(hours=hours, rate=rate, cost=_cents(hours * rate), currency=self.currency)
+        cost = amount_in_cents(hours * rate, "rate", "hours * rate")
+        self._labour_recorded(hours=hours, rate=rate, cost=cost, currency=self.currency)
 
     @event("LabourRecorded")
     def _labour_recorded(self, hours: Decimal, rate: Decimal, cost: Decimal, currency: str) -> None:
@@ -488,7 +485,7 @@ class WorkOrder(Aggregate):
             overhead_cost=self.overhead_cost,
             total_cost=self.total_cost,
             # produced > 0 here: the expected loss is below planned, since loss < 100 %.
-            unit_cost=_cents(self.total_cost / self.produced_quantity),
+            unit_cost=to_cents(self.total_cost / self.produced_quantity),
             currency=self.currency,
         )
 

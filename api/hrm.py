@@ -435,7 +435,7 @@ async def get_employee(request: Request) -> Response:
                 headers={"ETag": f'"{employee["version"]}"'})
 
 
-_HISTORY_CURSOR = re.compile(r"^(\d{4}-\d{2}):(\d+)$")
+_HISTORY_CURSOR = re.compile(r"^(\d{4}-\d{2}):(\d{1,19})$")
 
 
 @operation(scope="hrm:read",

@@ -70,7 +70,8 @@ async def page(
     """A page of rows, newest first by the log position (`order_by`) of the event that
     created each row, and the cursor of the next page."""
     if params.cursor is not None:
-        if not (params.cursor.isascii() and params.cursor.isdigit()):  # "²".isdigit(), yet no int
+        # ASCII digits ("²".isdigit(), yet no int) of a bigint
+        if not (params.cursor.isascii() and params.cursor.isdigit() and len(params.cursor) <= 19):
             raise BadRequest("cursor must be a next_cursor from a previous page", field="query.cursor")
         where = [*where, f"{order_by} < %s"]
         args = [*args, int(params.cursor)]

@@ -251,6 +251,13 @@ async def test_bad_values_are_422_naming_the_field(client: httpx.AsyncClient) ->
     assert (past.status_code, past.json()["rule"]) == (422, "RequiredByInPast")
     extra = await client.post(f"{BASE}/{oid}/submit", json={"approver": "me"})
     assert extra.status_code == 422 and extra.json()["errors"][0]["field"] == "body.approver"
+    huge = await client.post(BASE, json={"vendor_id": "v", "lines": [
+        line(quantity="999999999999.999999", unit_price="9999999999999999.99")]})
+    assert (huge.status_code, huge.json()["rule"]) == (422, "AmountTooLarge"), huge.text
+    assert "quantity * unit_price" in huge.json()["detail"]
+    for cursor in ("9" * 5000, "²"):
+        paged = await client.get(BASE, params={"cursor": cursor})
+        assert paged.status_code == 400 and paged.json()["errors"][0]["field"] == "query.cursor", paged.text
 
 
 async def test_the_tenants_settings_set_the_chain_and_the_tolerance(client: httpx.AsyncClient) -> None:

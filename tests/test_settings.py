@@ -63,6 +63,10 @@ async def test_overrides_are_set_and_shown_through_the_api(client: httpx.AsyncCl
     bad = await client.post("/api/v1/settings/statutory-overrides", json={
         "effective_from": "2026-13", "source": "x", "changes": {"shif_rate": 0.03}})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.effective_from"
+    huge = await client.post("/api/v1/settings/statutory-overrides", json={
+        "effective_from": "2026-06", "source": "x", "changes": {"personal_relief": 1e30}})
+    assert (huge.status_code, huge.json()["rule"]) == (422, "InvalidRules"), huge.text
+    assert huge.json()["errors"][0]["field"].endswith("personal_relief")
 
 
 async def test_business_terms_are_validated_versioned_and_attributed(client: httpx.AsyncClient) -> None:

@@ -16,6 +16,7 @@ from eventsourcing.persistence import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aggregates.money import to_cents
 from aggregates.statutory import (
     KENYA_RULES,
     DeductionsExceedGross,
@@ -31,7 +32,6 @@ from aggregates.statutory import (
     UnknownEmployment,
     payslip,
     rules_for,
-    to_cents,
 )
 
 D = Decimal
