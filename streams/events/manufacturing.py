@@ -1,12 +1,12 @@
 """Manufacturing events on the wire: bills of materials and work orders.
 
-None is catalogued in the integration guide; the two that other services act on are
-self-contained, so a subscriber needs nothing else:
+The integration guide names the two that inventory acts on, without their payloads; ours
+are self-contained, so a subscriber needs nothing else:
 - `erp.work_order.started`: inventory consumes `materials` (item, required quantity,
   unit) for the work order.
 - `erp.work_order.completed`: inventory receives `produced_quantity` of `product_id` as
-  finished goods (and may book `scrap_quantity`); costs are per the work order's
-  currency, `unit_cost` in cents.
+  finished goods (and may book `scrap_quantity`); costs are amounts in the work order's
+  currency rounded to cents (`unit_cost` 12.50 is 12 units and 50 cents).
 `erp.work_order.material_consumed` records actual consumption for costing; it is not a
 second request to move stock.
 """
