@@ -284,6 +284,14 @@ class PurchaseOrderLine:
     def acceptance_limit(self, tolerance: Decimal) -> Decimal:
         return self.quantity * (1 + tolerance / HUNDRED)
 
+    @property
+    def accepted_amount(self) -> Decimal:
+        """What the accepted goods come to, priced and taxed as the line is (rounded once)."""
+        if self.accepted_quantity == self.quantity:
+            return self.total_amount
+        net = to_cents(self.accepted_quantity * self.unit_price)
+        return net + to_cents(net * self.tax_rate / HUNDRED)
+
     def as_event_record(self) -> dict[str, Any]:
         """The line as it is entered, for events (received quantities are events of their own)."""
         return {
@@ -683,8 +691,7 @@ class PurchaseOrder(Aggregate):
         self._goods_received(receipt_id=receipt_id, received_on=received_on, lines=records,
                              vendor_id=self.vendor_id)
         if all(line.fully_accepted for line in self.lines):
-            self._received(vendor_id=self.vendor_id, total_amount=self.total_amount,
-                           currency=self.currency)
+            self._billable()
 
     @event("GoodsReceived")
     def _goods_received(
@@ -703,6 +710,12 @@ class PurchaseOrder(Aggregate):
         ]
         self.receipt_ids.append(receipt_id)
         self.status = Status.PARTIALLY_RECEIVED
+
+    def _billable(self) -> None:
+        """`Received` (treasury makes the bill from it) for what the goods accepted come to: the
+        order's total when every line came as ordered."""
+        self._received(vendor_id=self.vendor_id, currency=self.currency,
+                       total_amount=sum((line.accepted_amount for line in self.lines), ZERO))
 
     @event("Received")
     def _received(self, vendor_id: str, total_amount: Decimal, currency: str) -> None:
@@ -727,7 +740,10 @@ class PurchaseOrder(Aggregate):
         if self.status is Status.RECEIVED:
             self._closed(reason=(reason or "").strip() or None, short_closed=False)
         elif self.status is Status.PARTIALLY_RECEIVED:
-            self._closed(reason=_reason(reason or ""), short_closed=True)
+            reason = _reason(reason or "")
+            if any(line.accepted_quantity for line in self.lines):
+                self._billable()  # what did come is billed; the rest never will be
+            self._closed(reason=reason, short_closed=True)
         else:
             raise NotClosable(
                 f"the purchase order is {self.status.value}; only a received or partly received "

@@ -507,16 +507,36 @@ def test_close_a_received_order() -> None:
     assert (po.status, last_event(po).short_closed) == (Status.CLOSED, False)
 
 
-def test_short_close_a_partly_received_order_needs_a_reason() -> None:
-    po = approved(line(quantity="10"))
-    po.receive("GR-1", [(1, D(4), D(0))], received_on=TODAY)
+def test_short_close_a_partly_received_order_needs_a_reason_and_bills_what_came() -> None:
+    po = approved(line("a", quantity="10", unit_price="100.05", tax_rate="16", tax_code="VAT"),
+                  line("b", quantity="3"))
+    po.receive("GR-1", [(1, D("4.5"), D(1))], received_on=TODAY)
+    po.collect_events()
     with pytest.raises(ReasonRequired):
         po.close()
     po.close("vendor discontinued the item")
-    closed = last_event(po)
-    assert (po.status, closed.short_closed, closed.reason) == (
+    events = po.collect_events()
+    assert [type(e).__name__ for e in events] == ["Received", "Closed"]
+    # 4.5 x 100.05 = 450.225 -> 450.23 net, 72.04 VAT; nothing of line b
+    assert events[0].total_amount == D("522.27")  # type: ignore[attr-defined]
+    assert (po.status, events[1].short_closed, events[1].reason) == (  # type: ignore[attr-defined]
         Status.CLOSED, True, "vendor discontinued the item"
     )
+
+
+def test_a_short_closed_order_of_which_nothing_was_accepted_is_not_billed() -> None:
+    po = approved(line(quantity="10"))
+    po.receive("GR-1", [(1, D(0), D(2))], received_on=TODAY)
+    po.collect_events()
+    po.close("all of it was damaged")
+    assert names(po) == ["Closed"]
+
+
+def test_goods_accepted_over_the_order_within_tolerance_are_billed_as_they_came() -> None:
+    po = approved(line(quantity="10", unit_price="100"))
+    po.collect_events()
+    po.receive("GR-1", [(1, D(11), D(0))], received_on=TODAY, tolerance=D(10))
+    assert last_event(po).total_amount == D("1100.00")
 
 
 @pytest.mark.parametrize("status_of", [lambda: draft(), lambda: approved()])

@@ -97,7 +97,9 @@ class PurchaseOrderGoodsReceived(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PurchaseOrderReceived(msgspec.Struct, frozen=True, kw_only=True):
-    """Integration guide: `erp.purchase_order.received` (treasury bill, inventory)."""
+    """Integration guide: `erp.purchase_order.received` (treasury bill, inventory). Once per
+    order, when every line has come or when a partly received order is short-closed;
+    `total_amount` is what the goods accepted come to, priced and taxed as ordered."""
 
     purchase_order_id: UUID
     vendor_id: str
