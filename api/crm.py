@@ -40,7 +40,8 @@ class OpenOpportunity(Body):
     stage: str | None = Field(default=None, max_length=64, description="default: the first stage")
     probability: int | None = Probability
     amount: Decimal | None = Money
-    currency: str = Field(default="KES", pattern=r"^[A-Z]{3}$", description="ISO 4217")
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$",
+                                 description="ISO 4217; default: the tenant's currency (its business terms)")
     expected_close: date | None = None
     source_lead_id: str | None = Field(default=None, max_length=200)
 

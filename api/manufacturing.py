@@ -64,7 +64,8 @@ class PublishBomVersion(Body):
 class CreateWorkOrder(Body):
     product_id: str = Field(min_length=1, max_length=200)
     planned_quantity: Decimal = Quantity
-    currency: str = Field(default="KES", pattern=r"^[A-Z]{3}$", description="ISO 4217")
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$",
+                                 description="ISO 4217; default: the tenant's currency (its business terms)")
 
 
 class ReleaseWorkOrder(Body):

@@ -64,7 +64,8 @@ class Line(Body):
 
 class CreatePurchaseOrder(Body):
     vendor_id: str = Field(min_length=1, max_length=200)
-    currency: str = Field(default="KES", pattern=r"^[A-Z]{3}$", description="ISO 4217")
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$",
+                                 description="ISO 4217; default: the tenant's currency (its business terms)")
     required_by: date | None = None
     lines: list[Line] = Field(default_factory=list, max_length=500)
 

@@ -86,3 +86,17 @@ async def test_business_terms_are_validated_versioned_and_attributed(client: htt
     viewer = await client.post("/api/v1/settings/business-terms", json=terms,
                                headers=as_user(roles=("erp.viewer",)))
     assert viewer.status_code == 403  # tier 2 is for tenant admins
+
+    # the tenant's currency is the default of new documents; one named is kept
+    defaulted = {"customer_id": "c", "title": "t", "owner": "o"}
+    dollars = (await client.post("/api/v1/crm/opportunities", json=defaulted)).json()
+    shillings = (await client.post("/api/v1/crm/opportunities", json={**defaulted, "currency": "KES"})).json()
+    order = (await client.post("/api/v1/procurement/purchase-orders", json={"vendor_id": "v"})).json()
+    work = (await client.post("/api/v1/manufacturing/work-orders",
+                              json={"product_id": "cake", "planned_quantity": 1})).json()
+    for created, path, currency in (
+            (dollars, "crm/opportunities", "USD"), (shillings, "crm/opportunities", "KES"),
+            (order, "procurement/purchase-orders", "USD"), (work, "manufacturing/work-orders", "USD")):
+        shown = (await client.get(f"/api/v1/{path}/{created['id']}",
+                                  params={"min_position": created["log_position"]})).json()
+        assert shown["currency"] == currency, (path, shown)

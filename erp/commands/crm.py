@@ -12,15 +12,15 @@ from erp.eventstore import Saved
 
 async def open_opportunity(
     runner: CommandRunner, ctx: CommandContext, *, customer_id: str, title: str, owner: str,
-    stage: str | None, probability: int | None, amount: Decimal | None, currency: str,
+    stage: str | None, probability: int | None, amount: Decimal | None, currency: str | None,
     expected_close: str | None, source_lead_id: str | None,
 ) -> Saved:
     def decide(load: Loader) -> Opportunity:
+        settings = load.read_settings()
         return Opportunity.open(
             tenant_id=ctx.tenant_id, customer_id=customer_id, title=title, owner=owner,
-            stage=stage, probability=probability, amount=amount, currency=currency,
-            expected_close=expected_close, source_lead_id=source_lead_id,
-            stages=load.read_settings().stages,
+            stage=stage, probability=probability, amount=amount, currency=currency or settings.currency,
+            expected_close=expected_close, source_lead_id=source_lead_id, stages=settings.stages,
         )
 
     return await runner.execute(ctx, decide)

@@ -42,11 +42,12 @@ async def publish_bom_version(
 
 async def create_work_order(
     runner: CommandRunner, ctx: CommandContext, *, product_id: str, planned_quantity: Decimal,
-    currency: str,
+    currency: str | None,
 ) -> Saved:
     def decide(load: Loader) -> WorkOrder:
         return WorkOrder.create(tenant_id=ctx.tenant_id, product_id=product_id,
-                                planned_quantity=planned_quantity, currency=currency)
+                                planned_quantity=planned_quantity,
+                                currency=currency or load.read_settings().currency)
 
     return await runner.execute(ctx, decide)
 

@@ -32,7 +32,7 @@ def _series_lock(runner: CommandRunner, series_id: UUID) -> asyncio.Lock:
 
 
 async def create_purchase_order(
-    runner: CommandRunner, ctx: CommandContext, *, vendor_id: str, currency: str,
+    runner: CommandRunner, ctx: CommandContext, *, vendor_id: str, currency: str | None,
     requested_by: str, required_by: str | None, lines: Sequence[OrderLine],
 ) -> Saved:
     today = date.today()
@@ -44,7 +44,7 @@ async def create_purchase_order(
         )
         order = PurchaseOrder.create(
             tenant_id=ctx.tenant_id, number=series.issue(), vendor_id=vendor_id,
-            currency=currency, lines=lines, requested_by=requested_by,
+            currency=currency or load.read_settings().currency, lines=lines, requested_by=requested_by,
             required_by=required_by, today=today.isoformat(),
         )
         return order, series
