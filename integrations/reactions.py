@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -149,9 +149,11 @@ class TreasuryReactions:
         try:
             match msg.subject:
                 case "erp.opportunity.won":
+                    terms = await asyncio.to_thread(Loader(self._runner.store, tenant).settings)
+                    due = event.timestamp.date() + timedelta(days=terms.payment_terms_days)
                     invoice = await treasury.create_invoice(tenant, InvoiceRequest(
                         customer_id=payload.customer_id, opportunity_id=payload.opportunity_id,
-                        amount=payload.amount, currency=payload.currency),
+                        amount=payload.amount, currency=payload.currency, due_date=due),
                         idempotency_key=idempotency_key(event_id, "treasury.invoice"),
                         correlation_id=correlation)
                     await crm.link_invoice(self._runner, ctx, payload.opportunity_id, invoice.invoice_id,

@@ -4,6 +4,7 @@ once each, however often retried — and treasury's answers become events here."
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
@@ -59,6 +60,8 @@ async def test_won_and_received_become_one_invoice_and_one_bill_each_recorded_he
         assert invoices[0].headers["authorization"] == "Bearer treasury-test-token"
         sent = json.loads(invoices[-1].body)
         assert (sent["opportunity_id"], sent["amount"], sent["currency"]) == (mine, 1000, "KES")
+        won_on = datetime.now(UTC).date()  # due after the tenant's payment terms (30 days by default)
+        assert sent["due_date"] in {str(won_on + timedelta(days=30 - back)) for back in (0, 1)}, sent
         assert service.reactions is not None and service.reactions.skipped == 1
 
 
