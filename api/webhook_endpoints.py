@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from aggregates.errors import InvalidValue
 from api import reads
 from api import requests as rq
 from api.auth import principal
@@ -21,10 +22,14 @@ from api.problems import problem
 from api.responses import JSON
 from erp import credentials
 from erp.commands import NotFound
-from integrations.webhooks import secret_name
+from integrations.webhooks import not_public, secret_name
 from streams.catalogue import PAYLOADS_BY_SUBJECT
 
 BASE = "/api/v1/settings/webhooks"
+
+
+class EndpointNotPublic(InvalidValue):
+    """Webhooks go to public https addresses, not into the platform's own network."""
 
 
 class RegisterEndpoint(BaseModel):
@@ -82,6 +87,8 @@ async def register(request: Request) -> Response:
     service = reads.service(request)
     if service.keyring is None:
         return problem(503, "Service unavailable", "webhooks need the tier-1 master keys")
+    if not service.settings.webhook_private_addresses and (refused := await not_public(cmd.url)):
+        raise EndpointNotPublic(f"url {cmd.url!r}: {refused}", field="url")
     await service.runner.check_tenant(rq.tenant(request))
     endpoint_id, secret, tenant = uuid4(), "whsec_" + secrets.token_urlsafe(32), rq.tenant(request)
     async with service.owner_pool.connection() as conn:

@@ -176,6 +176,7 @@ class Service:
             await self.reactions.start()
             self._spawn("reactions:treasury", self.reactions.run())
             self.webhooks = WebhookDeliveries(self.js, s.stream, url, self.owner_pool, self.keyring,
+                                              private_addresses=s.webhook_private_addresses,
                                               max_attempts=s.inbound_max_deliver)
             await self.webhooks.start()
             self._spawn("webhooks", self.webhooks.run())

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     dead_letter_stream: str = Field(
         default="ERP_DLQ", description="Where inbound events that cannot be handled are parked."
     )
+    webhook_private_addresses: bool = Field(
+        default=False, description="Let tenants' webhook endpoints be on loopback, private or link-local "
+        "addresses and over plain http (development; receivers inside the platform's own network)."
+    )
     inbound_max_deliver: int = Field(
         default=20, ge=1, description="Attempts at an inbound event before it is given up "
         "(backoff 1 s doubling to 30 s: 20 attempts span about 8 minutes)."

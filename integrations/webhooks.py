@@ -10,13 +10,20 @@ filter subjects follow the endpoints: a trigger NOTIFYs every change). Fetching 
 acknowledging every ERP event cost the workers ~12 % of their CPU with no endpoint at all.
 An endpoint gets the events of its types published after its registration has reached the
 consumer, a few milliseconds later.
+
+An endpoint must be a public https address (unless the service allows private ones): it is
+checked when registered and again before each delivery, so that a tenant cannot point the
+service at the platform's own network (the metadata service, internal APIs).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
+import socket
 import time
 from collections import defaultdict
 from typing import Any
@@ -74,13 +81,15 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 class WebhookDeliveries:
     def __init__(self, js: JetStreamContext, stream: str, database_url: str, pool: AsyncConnectionPool[Any],
-                 keyring: credentials.Keyring | None, *, max_attempts: int = 8) -> None:
+                 keyring: credentials.Keyring | None, *, max_attempts: int = 8,
+                 private_addresses: bool = False) -> None:
         self._js = js
         self._stream = stream
         self._database_url = database_url
         self._pool = pool
         self._keyring = keyring
         self._max_attempts = max_attempts
+        self._private_addresses = private_addresses
         self._endpoints: dict[str, list[Endpoint]] = {}  # by tenant: the active ones
         self._http = httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False)
         self.delivered = 0
@@ -139,6 +148,8 @@ class WebhookDeliveries:
         code: int | None = None
         error: str | None = None
         try:
+            if not self._private_addresses and (refused := await not_public(url)):
+                raise RuntimeError(refused)
             secret = await self._secret(tenant, endpoint_id)
             response = await self._http.post(url, content=body, headers={
                 "Content-Type": "application/json", "Webhook-Id": event["event_id"],
@@ -175,6 +186,27 @@ class WebhookDeliveries:
             raise RuntimeError("outbound webhooks need the tier-1 master keys")
         async with self._pool.connection() as conn:
             return await credentials.reveal(conn, self._keyring, tenant, secret_name(endpoint_id))
+
+
+async def not_public(url: str) -> str | None:
+    """Why `url` may not receive webhooks, or None: not https, or a host that is (or resolves
+    to) an address other than a public one (loopback, private, link-local, reserved)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as error:
+        return f"not a URL: {error}"
+    if parsed.scheme != "https" or not parsed.host:
+        return "webhooks go to https:// addresses"
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(parsed.host, parsed.port or 443,
+                                                             type=socket.SOCK_STREAM)
+    except OSError as error:
+        return f"{parsed.host} does not resolve: {error}"
+    for *_, address in found:
+        ip = ipaddress.ip_address(address[0])
+        if not ip.is_global:
+            return f"{parsed.host} is {ip}, not a public address"
+    return None
 
 
 def _summary(data: bytes) -> dict[str, Any]:

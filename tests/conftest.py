@@ -128,7 +128,8 @@ def as_user(tenant: str = "tenant-a", roles: tuple[str, ...] = EVERYTHING, subje
 
 def settings(**overrides: Any) -> Settings:
     base: dict[str, Any] = {"relay_idle_catch_up_seconds": 1.0, "jwt_public_key": _public_key_file(),
-                            "jwt_issuer": ISSUER, "jwt_audience": AUDIENCE, "secret_keys": SECRET_KEYS}
+                            "jwt_issuer": ISSUER, "jwt_audience": AUDIENCE, "secret_keys": SECRET_KEYS,
+                            "webhook_private_addresses": True}  # the receivers of the tests are local
     base.update(overrides)
     return Settings(**base)
 

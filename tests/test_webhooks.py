@@ -13,7 +13,7 @@ import psycopg
 
 from erp import credentials
 from erp.bootstrap import Service
-from integrations.webhooks import DURABLE, NO_ENDPOINT
+from integrations.webhooks import DURABLE, NO_ENDPOINT, not_public
 from integrations.webhooks import sign as signature
 from tests.conftest import as_user, eventually
 from tests.test_peers import Answer, StubPeer
@@ -143,3 +143,19 @@ async def test_the_deliveries_consumer_fetches_only_the_event_types_of_active_en
     async with await psycopg.AsyncConnection.connect(service.endpoints.database_url, autocommit=True) as conn:
         await conn.execute("UPDATE webhook_endpoints SET active = false")  # an operator's change, too
     await eventually(lambda: filtering([NO_ENDPOINT]))
+
+
+async def test_an_endpoint_must_be_a_public_https_address(client: httpx.AsyncClient, service: Service) -> None:
+    """Else a tenant could have the service call into the platform's own network."""
+    service.settings = service.settings.model_copy(update={"webhook_private_addresses": False})
+    for url, why in (("http://example.com/hook", "https://"),
+                     ("https://127.0.0.1:8443/hook", "127.0.0.1, not a public address"),
+                     ("https://169.254.169.254/latest/meta-data", "not a public address"),
+                     ("https://10.1.2.3/hook", "not a public address"),
+                     ("https://[::1]/hook", "::1, not a public address"),
+                     ("https://localhost/hook", "not a public address")):
+        refused = await client.post("/api/v1/settings/webhooks",
+                                    json={"url": url, "event_types": ["erp.opportunity.won"]})
+        assert refused.status_code == 422 and refused.json()["rule"] == "EndpointNotPublic", refused.text
+        assert why in refused.json()["detail"] and refused.json()["errors"][0]["field"] == "body.url"
+    assert await not_public("https://8.8.8.8/hook") is None  # a public address (an IP: no DNS here)
