@@ -36,7 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from erp import credentials
 from erp.listening import listen_forever
-from streams.inbound import backoff, consume_durable
+from streams.inbound import backoff, consume_durable, deliveries, unanswered
 
 log = structlog.get_logger("erp.webhooks")
 
@@ -109,7 +109,8 @@ class WebhookDeliveries:
             subjects = sorted({t for found in endpoints.values() for _, _, types in found for t in types})
             await self._js.add_consumer(self._stream, ConsumerConfig(
                 durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW,
-                ack_wait=120, max_deliver=self._max_attempts, filter_subjects=subjects or [NO_ENDPOINT],
+                ack_wait=120, max_deliver=deliveries(self._max_attempts),
+                filter_subjects=subjects or [NO_ENDPOINT],
                 max_ack_pending=200))
         self._endpoints = dict(endpoints)
 
@@ -133,8 +134,12 @@ class WebhookDeliveries:
         tenant = event.get("tenant_id", "")
         attempt = msg.metadata.num_delivered
         pending = False
+        gave_up = unanswered(attempt, self._max_attempts)  # the last attempt's process stopped
         for endpoint_id, url, types in self._endpoints.get(tenant, []):
             if event.get("event_type") in types and not await self._delivered(endpoint_id, event["event_id"]):
+                if gave_up:
+                    await self._record(endpoint_id, tenant, event, "failed", None, gave_up)
+                    continue
                 ok = await self._send(endpoint_id, url, tenant, event, msg.data, attempt)
                 pending = pending or not ok
         if pending and attempt < self._max_attempts:
@@ -160,6 +165,16 @@ class WebhookDeliveries:
             error = f"{type(failure).__name__}: {failure}"
         ok = code is not None and 200 <= code < 300
         status = "delivered" if ok else ("failed" if attempt >= self._max_attempts else "retrying")
+        await self._record(endpoint_id, tenant, event, status, code, error)
+        if ok:
+            self.delivered += 1
+        else:
+            log.warning("webhook delivery failed", endpoint=str(endpoint_id), status=code, error=error,
+                        attempt=attempt)
+        return ok
+
+    async def _record(self, endpoint_id: Any, tenant: str, event: dict[str, Any], status: str,
+                      code: int | None, error: str | None) -> None:
         async with self._pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO webhook_sends (endpoint_id, event_id, tenant_id, event_type, status, attempts, "
@@ -168,12 +183,6 @@ class WebhookDeliveries:
                 "attempts = webhook_sends.attempts + 1, last_status_code = excluded.last_status_code, "
                 "last_error = excluded.last_error, updated_at = now()",
                 (endpoint_id, event["event_id"], tenant, event["event_type"], status, code, error))
-        if ok:
-            self.delivered += 1
-        else:
-            log.warning("webhook delivery failed", endpoint=str(endpoint_id), status=code, error=error,
-                        attempt=attempt)
-        return ok
 
     async def _delivered(self, endpoint_id: Any, event_id: str) -> bool:
         async with self._pool.connection() as conn:
