@@ -145,7 +145,9 @@ async def test_the_deliveries_consumer_fetches_only_the_event_types_of_active_en
     await eventually(lambda: filtering([NO_ENDPOINT]))
 
 
-async def test_an_endpoint_must_be_a_public_https_address(client: httpx.AsyncClient, service: Service) -> None:
+async def test_an_endpoint_must_be_a_public_https_address(
+    client: httpx.AsyncClient, service: Service
+) -> None:
     """Else a tenant could have the service call into the platform's own network."""
     service.settings = service.settings.model_copy(update={"webhook_private_addresses": False})
     for url, why in (("http://example.com/hook", "https://"),
