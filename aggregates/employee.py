@@ -13,7 +13,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from aggregates.errors import InvalidValue, RuleViolation
-from aggregates.money import amount_in_cents
+from aggregates.money import amount_in_cents, to_cents
 from aggregates.statutory import (
     Allowance,
     Employment,
@@ -74,6 +74,7 @@ class EmployeePay:
     basic_pay: Decimal
     allowances: tuple[Allowance, ...]
     employment: Employment
+    payment_days: int | None = None  # employed for only these calendar days of the month
 
 
 @dataclass(frozen=True)
@@ -236,17 +237,26 @@ class Employee(Aggregate):
         self.termination_reason = reason
 
     def pay_for(self, period: str) -> EmployeePay | None:
-        """The month's pay for a payroll run, or None if not employed in that month.
-        A month employed for any day is paid in full (no pro-rating)."""
-        if parse_date(self.hired_on, "hired_on") > last_day(period):
-            return None
-        if self.terminated_on is not None and parse_date(self.terminated_on, "on") < first_day(period):
+        """The month's pay for a payroll run, or None if not employed in that month. Hired
+        after its first day or leaving before its last (the termination date is the last day
+        employed), the pay in force is pro-rated by calendar days employed, each amount
+        rounded to cents; the statutory deductions then follow from the pay received."""
+        first, last = first_day(period), last_day(period)
+        hired = parse_date(self.hired_on, "hired_on")
+        left = parse_date(self.terminated_on, "on") if self.terminated_on is not None else last
+        if hired > last or left < first:
             return None
         record = [r for r in self.pay_history if r.effective <= period][-1]
+        days, month = (min(left, last) - max(hired, first)).days + 1, last.day
+        if days == month:
+            return EmployeePay(employee_id=self.id, name=self.name, basic_pay=record.basic_pay,
+                               allowances=record.allowances, employment=self.employment)
+
+        def share(amount: Decimal) -> Decimal:
+            return to_cents(amount * days / month)
+
         return EmployeePay(
-            employee_id=self.id,
-            name=self.name,
-            basic_pay=record.basic_pay,
-            allowances=record.allowances,
-            employment=self.employment,
+            employee_id=self.id, name=self.name, basic_pay=share(record.basic_pay),
+            allowances=tuple(Allowance(a.name, share(a.amount)) for a in record.allowances),
+            employment=self.employment, payment_days=days,
         )

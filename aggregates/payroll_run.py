@@ -86,15 +86,19 @@ class EmployeePayslip:
     employee_id: UUID
     name: str
     payslip: Payslip
+    payment_days: int | None = None  # of a month employed for part of it (pay pro-rated)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"employee_id": self.employee_id, "name": self.name, **self.payslip.as_dict()}
+        return {"employee_id": self.employee_id, "name": self.name, **self.payslip.as_dict(),
+                "payment_days": self.payment_days}
 
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any]) -> EmployeePayslip:
         values = dict(fields)
         employee_id, name = values.pop("employee_id"), values.pop("name")
-        return cls(employee_id=employee_id, name=name, payslip=Payslip.from_dict(values))
+        payment_days = values.pop("payment_days", None)  # not in runs calculated before pro-rating
+        return cls(employee_id=employee_id, name=name, payslip=Payslip.from_dict(values),
+                   payment_days=payment_days)
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,8 @@ class PayrollRun(Aggregate):
                 f"rules effective from {rules.effective_from} are not in force for {self.period}",
                 field="rules",
             )
-        slips = [EmployeePayslip(e.employee_id, e.name, _payslip_of(e, rules)) for e in employees]
+        slips = [EmployeePayslip(e.employee_id, e.name, _payslip_of(e, rules), e.payment_days)
+                 for e in employees]
         totals = PayrollTotals.of([s.payslip for s in slips])
         self._calculated(
             period=self.period,

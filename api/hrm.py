@@ -66,7 +66,7 @@ class ChangePay(Body):
 
 
 class TerminateEmployee(Body):
-    on: date = Field(description="last day employed; that month is still paid in full")
+    on: date = Field(description="last day employed; that month's pay is pro-rated to it")
     reason: str = Field(min_length=1, max_length=500)
 
 
@@ -163,6 +163,9 @@ class PayslipView(BaseModel):
     employee_id: UUID
     name: str
     employment: str
+    payment_days: int | None = Field(
+        default=None, description="employed for part of the month: the calendar days paid, basic pay and "
+        "allowances pro-rated to them; null: the whole month")
     allowances: list[AllowanceView]
     basic_pay: Decimal
     gross_pay: Decimal

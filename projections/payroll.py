@@ -26,7 +26,7 @@ NAME = "payroll"
 # Every money field of a payslip, in the wire payload's order.
 PAYSLIP_AMOUNTS = tuple(
     name for name in h.PayslipLine.__struct_fields__
-    if name not in ("employee_id", "name", "employment", "allowances")
+    if name not in ("employee_id", "name", "employment", "allowances", "payment_days")
 )
 TOTALS = tuple(name for name in h.PayrollTotals.__struct_fields__ if name != "employee_count")
 
@@ -99,6 +99,7 @@ CREATE TABLE IF NOT EXISTS payslips (
     PRIMARY KEY (payroll_id, employee_id)
 );
 CREATE INDEX IF NOT EXISTS payslips_tenant_employee ON payslips (tenant_id, employee_id, period);
+ALTER TABLE payslips ADD COLUMN IF NOT EXISTS payment_days integer;
 """ + unbounded_numeric("employees", "employee_pay", "payroll_runs", "payslips")
 
 _allowances_decoder = msgspec.json.Decoder(list[h.Allowance])
@@ -162,11 +163,11 @@ DELETE FROM payslips WHERE payroll_id = %(id)s AND calculated_version < %(v)s AN
 # A run's payslips travel as one JSON array, all inserted by one statement.
 _PAYSLIPS = f"""
 INSERT INTO payslips (payroll_id, employee_id, tenant_id, period, calculated_version, name,
-    employment, allowances, {", ".join(PAYSLIP_AMOUNTS)})
+    employment, allowances, payment_days, {", ".join(PAYSLIP_AMOUNTS)})
 SELECT %(id)s, s.employee_id, %(tenant)s, %(period)s, %(v)s, s.name, s.employment, s.allowances,
-    {", ".join(f"s.{n}" for n in PAYSLIP_AMOUNTS)}
+    s.payment_days, {", ".join(f"s.{n}" for n in PAYSLIP_AMOUNTS)}
 FROM jsonb_to_recordset(%(payslips)s::jsonb) AS s(employee_id uuid, name text, employment text,
-    allowances jsonb, {", ".join(f"{n} numeric" for n in PAYSLIP_AMOUNTS)})
+    allowances jsonb, payment_days integer, {", ".join(f"{n} numeric" for n in PAYSLIP_AMOUNTS)})
 WHERE {_AT_VERSION}
 ON CONFLICT (payroll_id, employee_id) DO NOTHING
 """

@@ -104,8 +104,11 @@ async def test_a_payroll_is_calculated_approved_and_processed_once_per_period(
     assert (n(slips[amina]["paye"]), n(slips[amina]["net_pay"])) == (D("19308.35"), D("70441.65"))
     assert (n(slips[brian]["basic_pay"]), n(slips[brian]["gross_pay"])) == (D("60000"), D("75000"))
     assert slips[brian]["allowances"] == [{"name": "house", "amount": 15000}]
-    expected_cate = payslip(D("30000"), (), "secondary", rules_for("2026-02"))
+    # hired on 20 February: 9 of its 28 days, the pay pro-rated to them
+    expected_cate = payslip(D("9642.86"), (), "secondary", rules_for("2026-02"))
+    assert (n(slips[cate]["basic_pay"]), slips[cate]["payment_days"]) == (D("9642.86"), 9)
     assert n(slips[cate]["paye"]) == expected_cate.paye and slips[cate]["personal_relief"] == 0
+    assert slips[amina]["payment_days"] is None and slips[brian]["payment_days"] is None
     total_net = sum((n(s["net_pay"]) for s in slips.values()), D(0))
     assert n(detail["net_pay"]) == total_net
     assert n(detail["paye"]) == sum((n(s["paye"]) for s in slips.values()), D(0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -548,10 +548,17 @@ class EmployeeMachine(RuleBasedStateMachine):
     @invariant()
     def pays_each_month_by_the_latest_change(self) -> None:
         self.events += self.employee.collect_events()
+        left = self.employee.terminated_on
+        # hired on the 15th of January (17 of its 31 days); leaving in June on the day it says
+        days = {"2025-01": (17, 31), "2025-07": None,
+                "2026-06": (int(left[-2:]), 30) if left is not None and left[-2:] != "30" else None}
         for period in ("2025-01", "2025-07", "2026-06"):
             expected = self.pay_by_period[max(p for p in self.pay_by_period if p <= period)]
+            if (part := days[period]) is not None:
+                expected = (expected * part[0] / part[1]).quantize(D("0.01"), ROUND_HALF_UP)
             pay = self.employee.pay_for(period)
             assert pay is not None and pay.basic_pay == expected
+            assert pay.payment_days == (part[0] if part else None)
         terminated = self.employee.status is EmployeeStatus.TERMINATED
         assert (self.employee.pay_for("2026-07") is None) is terminated
         assert replayed(self.events) == self.employee

@@ -79,6 +79,9 @@ class PayslipLine(msgspec.Struct, frozen=True, kw_only=True):
     housing_relief: Decimal
     paye: Decimal
     net_pay: Decimal
+    # Employed for part of the month (hired after its first day, or leaving before its last):
+    # the calendar days paid, basic pay and allowances pro-rated to them. None: the whole month.
+    payment_days: int | None = None
 
 
 class PayrollTotals(msgspec.Struct, frozen=True, kw_only=True):
