@@ -140,7 +140,13 @@ ORDER BY part, originator_version"""
         aggregate = project_aggregate(None, (
             to_domain_event(StoredEvent(aggregate_id, version, topic, state))
             for _, version, topic, state in rows))
-        self._cache.put(aggregate_id, aggregate)
+        assert aggregate is not None  # made of at least one stored event
+        try:  # a save meanwhile may have cached a newer one: kept
+            newer = self._cache.get(aggregate_id).version >= aggregate.version
+        except KeyError:
+            newer = False
+        if not newer:
+            self._cache.put(aggregate_id, aggregate)
         self.loaded += 1
         return True
 

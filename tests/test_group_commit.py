@@ -398,6 +398,13 @@ async def test_an_aggregate_not_in_the_cache_is_loaded_into_it_and_decided_on_th
         with pytest.raises(NotFound):
             await runner.execute(CTX, lambda load: load.target(Opportunity, nobody))
         assert loader.loaded == 1
+
+        # a load that read the stored aggregate before a save cached a newer one keeps the newer
+        newer: Any = await asyncio.to_thread(events_only.repository.get, saved.aggregate_id)
+        newer.update(title="decided meanwhile")
+        store.repository.cache.put(saved.aggregate_id, newer)
+        assert await loader.load(saved.aggregate_id)
+        assert store.repository.cache.get(saved.aggregate_id) is newer
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
