@@ -20,7 +20,7 @@ from eventsourcing.domain import Aggregate, event
 
 from aggregates.errors import InvalidValue
 from aggregates.purchase_order import ApprovalChain, ApprovalLevel
-from aggregates.statutory import StatutoryRules, rules_for
+from aggregates.statutory import InvalidRules, StatutoryRules, rules_for
 
 _NAMESPACE = uuid5(NAMESPACE_URL, "urn:erp-service:tenant-settings")
 CLOSED_STAGES = ("won", "lost")
@@ -201,7 +201,11 @@ class TenantSettings(Aggregate):
             raise InvalidStatutoryOverride(
                 f"rates that can be overridden: {', '.join(sorted(OVERRIDABLE))}; "
                 f"not {', '.join(unknown) or 'nothing'}", field="changes")
-        _override(effective_from, source, changes)  # refuses rates the rules would not accept
+        try:
+            _override(effective_from, source, changes)  # refuses rates the rules would not accept
+        except InvalidRules as refused:
+            field = f"changes.{refused.field}" if refused.field else "changes"
+            raise InvalidRules(refused.message, field=field) from None
         self._statutory_overridden(effective_from=effective_from, source=source,
                                    changes=dict(changes))
 
