@@ -47,7 +47,6 @@ from projections.base import (
     Delivered,
     Projection,
     Statements,
-    positions_payload,
 )
 from streams import envelope as env
 from streams.jetstream import SUBJECTS, header
@@ -57,6 +56,25 @@ log = structlog.get_logger("erp.projector")
 # say) is applied again at once: they are transient.
 ROLLED_BACK = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 CHECKPOINT_LAG_SECONDS = 1.0  # how long a checkpoint row may trail events its projection does not read
+
+# A NOTIFY of positions names only the projections whose checkpoint row is still where their
+# runner last wrote it. A rebuild's swap moves the row to where the rebuild ended and announces
+# that; a runner that has not yet noticed must not announce its old tables' position after
+# it (queries waiting for a write the new tables lack would be let through). FOR SHARE waits
+# for a swap under way, then sees the row it left.
+_NOTIFY_WHERE_STILL = f"""
+SELECT pg_notify('{POSITIONS_CHANNEL}', string_agg(name, ',') || ':' || %s::text) FROM (  -- positions_payload
+    SELECT c.name FROM projection_checkpoints c
+    JOIN unnest(%s::text[], %s::bigint[]) AS r(name, seq) ON c.name = r.name AND c.stream_seq = r.seq
+    FOR SHARE OF c) AS still
+HAVING count(*) > 0
+"""
+
+
+def notify_positions(at: Sequence[tuple[str, int]], log_position: int) -> tuple[str, tuple[Any, ...]]:
+    """The statement announcing that the projections `at` (name, checkpoint stream_seq their
+    runner last wrote) have reached `log_position`, those still at that checkpoint."""
+    return _NOTIFY_WHERE_STILL, (log_position, [name for name, _ in at], [seq for _, seq in at])
 
 
 class Resubscribe(Exception):
@@ -131,11 +149,16 @@ class ProjectorRunner:
         self.stream_seq, self.log_position = int(row[0]), int(row[1])
         self._saved_seq, self._saved_at = self.stream_seq, time.monotonic()
 
+    @property
+    def checkpoint(self) -> tuple[str, int]:
+        """Its name and the stream_seq it last wrote to its checkpoint row."""
+        return self.projection.name, self._saved_seq
+
     def reads_any(self, batch: Sequence[Arrived]) -> bool:
         return any(self.projection.reads(arrived.subject) is not None for arrived in batch)
 
     async def apply(self, conn: psycopg.AsyncConnection[Any], batch: Sequence[Arrived],
-                    announce: Sequence[str] = ()) -> bool:
+                    announce: Sequence[tuple[str, int]] = ()) -> bool:
         """Applies what it has not applied yet; whether it committed (and so NOTIFYed) anything.
         A batch it reads nothing of only moves its position: the caller NOTIFYs that, or has it
         `announce`d in the NOTIFY of a projection that applies the batch."""
@@ -170,8 +193,7 @@ class ProjectorRunner:
         for event in events:
             if event.envelope is not None:
                 self.projection.apply(out, event)
-        out.add("SELECT pg_notify(%s, %s)",
-                (POSITIONS_CHANNEL, positions_payload([self.projection.name, *announce], log_position)))
+        out.add(*notify_positions([(self.projection.name, last.stream_seq), *announce], log_position))
         async with self._checkpoint_guard():
             await out.send()
         self.stream_seq, self.log_position = last.stream_seq, log_position
@@ -326,11 +348,11 @@ class ProjectorGroup:
             announced = [r for r, outcome in zip(others, outcomes, strict=True) if outcome is False
                          and r.stream_seq == batch[-1].stream_seq and r.log_position == reached]
             outcomes += await asyncio.gather(
-                readers[0].apply(conns[readers[0]], batch, [r.projection.name for r in announced]),
+                readers[0].apply(conns[readers[0]], batch, [r.checkpoint for r in announced]),
                 *(r.apply(conns[r], batch) for r in readers[1:]), return_exceptions=True)
             if outcomes[len(others)] is not True:
                 announced = []  # not committed: announce them below
-        quiet: dict[int, list[str]] = defaultdict(list)  # position -> projections that only moved to it
+        quiet: dict[int, list[tuple[str, int]]] = defaultdict(list)  # position -> those only moved to it
         again: Exception | None = None
         for runner, outcome in zip(others + readers, outcomes, strict=True):
             if isinstance(outcome, (Resubscribe, CheckpointMoved, *ROLLED_BACK)):
@@ -341,12 +363,11 @@ class ProjectorGroup:
             elif isinstance(outcome, BaseException):
                 raise outcome
             elif outcome is False and runner.stream_seq == batch[-1].stream_seq and runner not in announced:
-                quiet[runner.log_position].append(runner.projection.name)
+                quiet[runner.log_position].append(runner.checkpoint)
         working = self._active()
-        for position, names in quiet.items():
+        for position, at in quiet.items():
             if working:
-                await conns[working[0]].execute("SELECT pg_notify(%s, %s)",
-                                                (POSITIONS_CHANNEL, positions_payload(names, position)))
+                await conns[working[0]].execute(*notify_positions(at, position))
         await self._save_checkpoints(conns, recent_too=False)
         if again is not None:
             raise again

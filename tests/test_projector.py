@@ -27,7 +27,14 @@ from projections.base import (
 )
 from projections.opportunities import OpportunitiesProjection
 from projections.purchase_orders import PurchaseOrdersProjection
-from projections.runner import Arrived, ProjectorGroup, ProjectorRunner, Resubscribe, ensure_schema
+from projections.runner import (
+    Arrived,
+    ProjectorGroup,
+    ProjectorRunner,
+    Resubscribe,
+    ensure_schema,
+    notify_positions,
+)
 from streams.catalogue import PUBLICATIONS
 from streams.envelope import Envelope
 from streams.events import crm as c
@@ -466,3 +473,33 @@ async def test_purchase_orders_in_one_batch_equal_their_events_applied_one_at_a_
     assert (len(events), executions) == (138, 125)
     assert (len(orders), len(lines), len(receipts)) == (24, 48, 18)
     assert {row[5] for row in orders} == {"closed", "approved", "cancelled"}
+
+
+async def test_positions_are_announced_only_for_checkpoints_still_where_their_runner_left_them(
+    database_url: str,
+) -> None:
+    """A rebuild's swap moves a checkpoint row to where the rebuild ended and announces that;
+    a runner that has not noticed yet must not announce its old tables' position after it."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn, \
+            await psycopg.AsyncConnection.connect(database_url, autocommit=True) as listening:
+        for projection in (OpportunitiesProjection(), PurchaseOrdersProjection()):
+            await ensure_schema(conn, projection)
+        await conn.execute("UPDATE projection_checkpoints SET stream_seq = 7 WHERE name IN "
+                           "('opportunities', 'purchase_orders')")
+        await listening.execute(f"LISTEN {base.POSITIONS_CHANNEL}")
+
+        async def announced(at: list[tuple[str, int]]) -> dict[str, int]:
+            await conn.execute(*notify_positions(at, 12))
+            await conn.execute(f"NOTIFY {base.POSITIONS_CHANNEL}, 'end:0'")  # a marker after it
+            got: dict[str, int] = {}
+            async for note in listening.notifies(timeout=5):
+                if note.payload == "end:0":
+                    return got
+                got.update(base.read_positions(note.payload))
+            raise AssertionError("no marker")
+
+        both = [("opportunities", 7), ("purchase_orders", 7)]
+        assert await announced(both) == {"opportunities": 12, "purchase_orders": 12}
+        await conn.execute("UPDATE projection_checkpoints SET stream_seq = 5 WHERE name = 'purchase_orders'")
+        assert await announced(both) == {"opportunities": 12}  # purchase_orders was swapped: not it
+        assert await announced([("purchase_orders", 7)]) == {}
