@@ -289,8 +289,7 @@ class PurchaseOrderLine:
         """What the accepted goods come to, priced and taxed as the line is (rounded once)."""
         if self.accepted_quantity == self.quantity:
             return self.total_amount
-        net = to_cents(self.accepted_quantity * self.unit_price)
-        return net + to_cents(net * self.tax_rate / HUNDRED)
+        return sum(_priced(self.accepted_quantity, self.unit_price, self.tax_rate), ZERO)
 
     def as_event_record(self) -> dict[str, Any]:
         """The line as it is entered, for events (received quantities are events of their own)."""
@@ -342,6 +341,12 @@ def _reason(reason: str) -> str:
     return reason.strip()
 
 
+def _priced(quantity: Decimal, unit_price: Decimal, tax_rate: Decimal) -> tuple[Decimal, Decimal]:
+    """Net and tax of `quantity` at `unit_price`: the net rounded to cents once, the tax on it."""
+    net = amount_in_cents(quantity * unit_price, "unit_price", "quantity * unit_price")
+    return net, to_cents(net * tax_rate / HUNDRED)
+
+
 def price_line(line_no: int, line: OrderLine) -> PurchaseOrderLine:
     """Checks an entered line and prices it, rounding to cents once at the line."""
     item_id = _not_blank(line.item_id, "item_id")
@@ -359,8 +364,7 @@ def price_line(line_no: int, line: OrderLine) -> PurchaseOrderLine:
     if tax_rate and tax_code is None:
         raise TaxCodeRequired("a taxed line names the treasury tax code its rate comes from",
                               field="tax_code")
-    net = amount_in_cents(quantity * unit_price, "unit_price", "quantity * unit_price")
-    tax = to_cents(net * tax_rate / HUNDRED)
+    net, tax = _priced(quantity, unit_price, tax_rate)
     return PurchaseOrderLine(
         line_no=line_no, item_id=item_id, description=line.description.strip(), quantity=quantity,
         unit=unit, unit_price=unit_price, tax_code=tax_code, tax_rate=tax_rate,
