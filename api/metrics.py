@@ -52,7 +52,8 @@ class ServiceCollector(Collector):
             if "relay" in s.leading:
                 yield GaugeMetricFamily("erp_relay_lag_events", "stored events not yet in the stream",
                                         value=max(0, self._head - s.relay.published_position))
-        lag = GaugeMetricFamily("erp_projector_lag_events", "stored events a read model has not applied",
+        lag = GaugeMetricFamily("erp_projector_lag_events", "stored events a read model has not applied, "
+                                "counted in log positions (a rolled-back save leaves one unused)",
                                 labels=["projection"])
         for runner in s.projectors:
             name = runner.projection.name

@@ -126,11 +126,14 @@ def _status() -> None:
                                      "projection_checkpoints ORDER BY name")
             click.echo(f"event store head: {head}")
             for name, seq, position, updated in await cur.fetchall():
-                behind = head - position
-                state = "caught up" if behind <= 0 else f"{behind} behind"
+                # Events, not log positions: a save rolled back leaves positions unused.
+                behind = (await (await conn.execute(
+                    "SELECT count(*) FROM erp_events WHERE notification_id > %s", (position,)
+                )).fetchone() or (0,))[0]
+                state = "caught up" if behind == 0 else f"{behind} events behind"
                 found = await in_progress(conn, name)
                 note = "" if found is None else "  rebuild from the {} interrupted at {}".format(*found)
-                click.echo(f"{name:16s} position {position:>10}  stream seq {seq:>10}  {state:>14}  "
+                click.echo(f"{name:16s} position {position:>10}  stream seq {seq:>10}  {state:>18}  "
                            f"updated {updated:%Y-%m-%d %H:%M:%S}{note}")
 
     asyncio.run(read())

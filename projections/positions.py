@@ -44,11 +44,14 @@ class ReadModelPositions:
                              caught_up=self._reload, notified=notified)
 
     async def _reload(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """The checkpoints as stored, even where they are behind what was announced: a rebuild
+        may have replaced a read model while the listener was away, and waiting longer than
+        needed is safe where answering too early is not."""
         try:
             cur = await conn.execute("SELECT name, log_position FROM projection_checkpoints")
         except psycopg.errors.UndefinedTable:
             return
-        await self._advance({name: int(pos) for name, pos in await cur.fetchall()})
+        await self._advance({name: int(pos) for name, pos in await cur.fetchall()}, replaced=True)
 
     async def _advance(self, positions: dict[str, int], *, replaced: bool = False) -> None:
         """Positions only move forward, except for read models `replaced` by a rebuild: they

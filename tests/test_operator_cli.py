@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import httpx
+import psycopg
 from click.testing import CliRunner, Result
 
 from erp.bootstrap import Service
@@ -63,6 +64,26 @@ async def test_projection_status_shows_each_checkpoint_and_lag(
     assert f"event store head: {opened['log_position']}" in out
     row = next(line for line in out.splitlines() if line.startswith("opportunities"))
     assert "caught up" in row
+
+    await leave_a_gap(service)
+    for title in ("after the gap", "and another"):
+        body = {"customer_id": "c", "title": title, "owner": "o"}
+        later = (await client.post(OPPORTUNITIES, json=body)).json()
+    await client.get(OPPORTUNITIES, params={"min_position": later["log_position"]})
+    async with await psycopg.AsyncConnection.connect(service.endpoints.database_url, autocommit=True) as conn:
+        applied = await (await conn.execute("SELECT stream_seq, log_position FROM projection_checkpoints "
+                                            "WHERE name = 'opportunities'")).fetchone()
+        assert applied is not None
+        # As if the projector had stopped after the first event: two events (not 22 positions) behind.
+        await conn.execute("UPDATE projection_checkpoints SET stream_seq = stream_seq - 2, log_position = %s "
+                           "WHERE name = 'opportunities'", (opened["log_position"],))
+        try:
+            out = (await asyncio.to_thread(erp, service, "projections", "status")).output
+        finally:
+            await conn.execute("UPDATE projection_checkpoints SET stream_seq = %s, log_position = %s "
+                               "WHERE name = 'opportunities'", applied)
+    row = next(line for line in out.splitlines() if line.startswith("opportunities"))
+    assert "2 events behind" in row, out
 
 
 async def test_tail_follows_the_stream_filtered_by_type(client: httpx.AsyncClient, service: Service) -> None:

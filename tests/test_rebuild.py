@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from erp.bootstrap import Service, all_projections
 from erp.cli import main
 from erp.helper_processes import HelperProcesses
-from projections.base import POSITIONS_CHANNEL, positions_payload, read_positions
+from projections.base import CHECKPOINTS_DDL, POSITIONS_CHANNEL, positions_payload, read_positions
 from projections.positions import ReadModelPositions
 from projections.rebuild import EventStoreSource, rebuild, rebuild_many
 from tests.conftest import eventually
@@ -177,6 +177,43 @@ async def test_queries_wait_for_what_the_swapped_in_tables_have_not_applied_yet(
             await notify(positions_payload(["opportunities"], 80))  # the live runner applied it again
             await waiting
             assert read_positions(positions_payload(["payroll"], 5, replaced=True)) == {"payroll": 5}
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+
+
+async def test_a_swap_missed_while_the_listener_was_away_is_read_from_the_checkpoints(
+    database_url: str,
+) -> None:
+    """The listener reconnects and reads the checkpoints as stored, even where they are behind
+    what it was told before: a rebuild swapped in while it was away ended there."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(CHECKPOINTS_DDL)
+        await conn.execute("INSERT INTO projection_checkpoints (name, stream_seq, log_position) "
+                           "VALUES ('opportunities', 100, 100)")
+    positions = ReadModelPositions(database_url)
+    listening = asyncio.create_task(positions.run())
+    try:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+
+            async def at(position: int) -> bool:
+                await conn.execute("SELECT pg_notify(%s, %s)",
+                                   (POSITIONS_CHANNEL, positions_payload(["payroll"], 1)))
+                return positions.position("opportunities") == position
+
+            await eventually(lambda: at(100))
+            await conn.execute("UPDATE projection_checkpoints SET stream_seq = 40, log_position = 40")
+            dropped = await (await conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'erp-positions'")).fetchone()
+            assert dropped == (1,)
+            await eventually(lambda: at(40))
+            waiting = asyncio.create_task(positions.wait("opportunities", 75, 10))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            await conn.execute("SELECT pg_notify(%s, %s)",
+                               (POSITIONS_CHANNEL, positions_payload(["opportunities"], 80)))
+            await waiting
     finally:
         listening.cancel()
         await asyncio.gather(listening, return_exceptions=True)
