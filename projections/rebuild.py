@@ -85,13 +85,21 @@ class Read:
     payload: Callable[[], bytes]
 
 
+@dataclass(frozen=True)
+class End:
+    """Where a rebuild reads up to: the last event's stream sequence and log position."""
+
+    seq: int
+    position: int
+
+
 class Source(Protocol):
     name: str  # "event store" or "stream"
 
-    async def end(self) -> int:
-        """The stream sequence the rebuild reads up to."""
+    async def end(self) -> End:
+        """The last event now: the rebuild reads up to it."""
 
-    def batches(self, after: int, after_position: int, end: int, size: int,
+    def batches(self, after: int, after_position: int, end: End, size: int,
                 subjects: frozenset[str]) -> AsyncIterator[list[Read]]:
         """Every event after stream sequence `after` (log position `after_position`) up to
         `end`, in order, in batches; only those of `subjects` need a payload."""
@@ -131,27 +139,25 @@ class EventStoreSource:
         self._store = store
         self._database_url = database_url
         self._helpers = helpers
-        self._head = 0  # the log position of the last stored event, as of `end`
         self.helped = 0  # events the helper processes read
 
-    async def end(self) -> int:
-        """The stream sequence of the last stored event: how many there are (a save rolled back
+    async def end(self) -> End:
+        """The last stored event: its stream sequence is how many there are (a save rolled back
         leaves a gap in the log positions, and nothing in the stream)."""
-        self._head, count = await asyncio.to_thread(self._head_and_count)
-        return count
+        return await asyncio.to_thread(self._end)
 
-    def _head_and_count(self) -> tuple[int, int]:
+    def _end(self) -> End:
         with self._store.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
             row = conn.execute(f"SELECT max(notification_id), count(*) FROM {EVENTS_TABLE}").fetchone()
-        return int(row["max"] or 0), int(row["count"])
+        return End(seq=int(row["count"]), position=int(row["max"] or 0))
 
-    async def batches(self, after: int, after_position: int, end: int, size: int,
+    async def batches(self, after: int, after_position: int, end: End, size: int,
                       subjects: frozenset[str]) -> AsyncIterator[list[Read]]:
         """Read here until the helper processes are up, then by them; numbered on from `after`."""
         helpers = self._helpers
-        if helpers is None and end - after > HELPED_FROM:
+        if helpers is None and end.seq - after > HELPED_FROM:
             helpers = HelperProcesses(self._database_url, HELPERS)
-        seq, position, head = after, after_position, self._head
+        seq, position, head = after, after_position, end.position
         try:
             while position < head:
                 if helpers is not None and helpers.ready:
@@ -193,12 +199,14 @@ class StreamSource:
         self._js = js
         self._stream = stream
 
-    async def end(self) -> int:
-        return int((await self._js.stream_info(self._stream)).state.last_seq)
+    async def end(self) -> End:
+        """The stream's last message (its log position is not needed: the stream is read by
+        sequence)."""
+        return End(seq=int((await self._js.stream_info(self._stream)).state.last_seq), position=0)
 
-    async def batches(self, after: int, after_position: int, end: int, size: int,
+    async def batches(self, after: int, after_position: int, end: End, size: int,
                       subjects: frozenset[str]) -> AsyncIterator[list[Read]]:
-        if after >= end:
+        if after >= end.seq:
             return
         first = (await self._js.stream_info(self._stream)).state.first_seq
         if first > after + 1:
@@ -213,9 +221,9 @@ class StreamSource:
                                        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                                              opt_start_seq=after + 1))
         try:
-            while after < end:
+            while after < end.seq:
                 batch: list[Read] = []
-                while len(batch) < size and after < end:
+                while len(batch) < size and after < end.seq:
                     async with asyncio.timeout(30):
                         msg = await arrived.get()
                     seq = msg.metadata.sequence.stream
@@ -304,7 +312,7 @@ async def rebuild_many(database_url: str, source: Source, projections: Sequence[
             if applying is not None:
                 await applying
                 if progress is not None:
-                    progress(min(t.seq for t in targets), end)
+                    progress(min(t.seq for t in targets), end.seq)
 
         # A rebuild makes and drops millions of objects, freed as their last reference goes;
         # CPython's cycle collector, run every 700 allocations, took ~40 % of the rebuild's CPU
