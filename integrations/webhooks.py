@@ -11,9 +11,11 @@ acknowledging every ERP event cost the workers ~12 % of their CPU with no endpoi
 An endpoint gets the events of its types published after its registration has reached the
 consumer, a few milliseconds later.
 
-An endpoint must be a public https address (unless the service allows private ones): it is
-checked when registered and again before each delivery, so that a tenant cannot point the
-service at the platform's own network (the metadata service, internal APIs).
+An endpoint must be a public https address (unless the service allows private ones), so
+that a tenant cannot point the service at the platform's own network (the metadata service,
+internal APIs): checked when registered, and at every connection a delivery makes, on the
+addresses the connection is then made to — a name that resolved to a public address when it
+was registered may resolve to another one later (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ import json
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
+import httpcore
 import httpx
 import structlog
 from nats.js import JetStreamContext
@@ -89,9 +93,10 @@ class WebhookDeliveries:
         self._pool = pool
         self._keyring = keyring
         self._max_attempts = max_attempts
-        self._private_addresses = private_addresses
         self._endpoints: dict[str, list[Endpoint]] = {}  # by tenant: the active ones
-        self._http = httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False)
+        self._http = (httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False) if private_addresses
+                      else httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False, trust_env=False,
+                                             transport=public_only_transport()))
         self.delivered = 0
 
     async def start(self) -> None:
@@ -153,8 +158,6 @@ class WebhookDeliveries:
         code: int | None = None
         error: str | None = None
         try:
-            if not self._private_addresses and (refused := await not_public(url)):
-                raise RuntimeError(refused)
             secret = await self._secret(tenant, endpoint_id)
             response = await self._http.post(url, content=body, headers={
                 "Content-Type": "application/json", "Webhook-Id": event["event_id"],
@@ -216,6 +219,47 @@ async def not_public(url: str) -> str | None:
         if not ip.is_global:
             return f"{parsed.host} is {ip}, not a public address"
     return None
+
+
+class PublicOnly(httpcore.AsyncNetworkBackend):
+    """Connects only to public addresses: resolves the host itself, refuses it if any of its
+    addresses is not public, and connects to the addresses it checked."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as error:
+            raise httpcore.ConnectError(f"{host} does not resolve: {error}") from error
+        addresses = list(dict.fromkeys(str(address[0]) for *_, address in found))
+        for address in addresses:
+            if not ipaddress.ip_address(address).is_global:
+                raise httpcore.ConnectError(f"{host} is {address}, not a public address")
+        for address in addresses[:-1]:
+            try:
+                return await self._backend.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout):
+                continue
+        return await self._backend.connect_tcp(addresses[-1], port, timeout, local_address, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+def public_only_transport() -> httpx.AsyncHTTPTransport:
+    """httpx's transport, its connections made through `PublicOnly` (TLS still verifies the
+    certificate against the URL's host name)."""
+    transport = httpx.AsyncHTTPTransport(trust_env=False)  # no proxy: it would connect for us
+    limits = httpx.Limits()  # httpx's defaults
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
+        network_backend=PublicOnly())
+    return transport
 
 
 def _summary(data: bytes) -> dict[str, Any]:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import uuid
+from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from erp import credentials
 from erp.bootstrap import Service
-from integrations.webhooks import DURABLE, NO_ENDPOINT, not_public
+from integrations.webhooks import DURABLE, NO_ENDPOINT, not_public, public_only_transport
 from integrations.webhooks import sign as signature
 from tests.conftest import as_user, eventually
 from tests.test_peers import Answer, StubPeer
@@ -161,3 +164,31 @@ async def test_an_endpoint_must_be_a_public_https_address(
         assert refused.status_code == 422 and refused.json()["rule"] == "EndpointNotPublic", refused.text
         assert why in refused.json()["detail"] and refused.json()["errors"][0]["field"] == "body.url"
     assert await not_public("https://8.8.8.8/hook") is None  # a public address (an IP: no DNS here)
+
+
+async def test_a_delivery_connects_only_to_public_addresses_checked_as_it_connects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name checked at registration may resolve elsewhere later (DNS rebinding): the check is
+    made again on the addresses each connection is made to."""
+    listening = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)  # something is there
+    port = listening.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    resolve = loop.getaddrinfo
+    answers = iter(["8.8.8.8", "127.0.0.1"])  # the name's owner changes its answer meanwhile
+
+    async def rebinding(host: str, port: int, **kwargs: Any) -> list[tuple[Any, ...]]:
+        if host != "hooks.example.com":
+            return await resolve(host, port, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", rebinding)
+    try:
+        async with httpx.AsyncClient(transport=public_only_transport(), trust_env=False) as http:
+            assert await not_public(f"https://hooks.example.com:{port}/hook") is None  # at registration
+            with pytest.raises(httpx.ConnectError, match=r"example\.com is 127\.0\.0\.1, not a public"):
+                await http.post(f"https://hooks.example.com:{port}/hook", content=b"{}")
+            with pytest.raises(httpx.ConnectError, match=r"localhost is .*, not a public address"):
+                await http.post(f"https://localhost:{port}/hook", content=b"{}")
+    finally:
+        listening.close()
