@@ -50,7 +50,8 @@ async def receive(request: Request) -> Response:
     source: str = request.path_params["source"]
     delivery, stamp = request.headers.get("webhook-id"), request.headers.get("webhook-timestamp", "")
     given = request.headers.get("webhook-signature", "")
-    in_time = stamp.isascii() and stamp.isdigit() and abs(time.time() - int(stamp)) <= TOLERANCE_SECONDS
+    in_time = (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12
+               and abs(time.time() - int(stamp)) <= TOLERANCE_SECONDS)
     if not delivery or not in_time:
         return _refused()
     if service.keyring is None:
@@ -68,7 +69,9 @@ async def receive(request: Request) -> Response:
             "SELECT 1 FROM webhook_deliveries WHERE source = %s AND delivery_id = %s", (source, delivery))
         if await seen.fetchone():
             return JSON({"status": "duplicate"}, status_code=202)
-        event = await _handle(service, source, body)
+    # Handled without holding a connection of the pool: recording an event's effect takes one.
+    event = await _handle(service, source, body)
+    async with service.owner_pool.connection() as conn:
         await conn.execute("INSERT INTO webhook_deliveries (source, delivery_id, event_id) "
                            "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (source, delivery, event.event_id))
     return JSON({"status": "processed", "event_id": event.event_id}, status_code=202)

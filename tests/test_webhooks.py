@@ -59,7 +59,9 @@ async def test_a_signed_delivery_is_processed_once_and_forgeries_are_refused(
 
     for refused in (signed("d-3", at=int(time.time()) - 301),  # older than 5 minutes
                     signed("d-4", secret="guessed"),  # another secret
-                    {**signed("d-5"), "Webhook-Signature": ""}):
+                    {**signed("d-5"), "Webhook-Signature": ""},
+                    {**signed("d-5"), "Webhook-Timestamp": "9" * 400},  # no number to compare
+                    {**signed("d-5"), "Webhook-Timestamp": "9" * 5000}):
         response = await client.post(url, content=body, headers=refused)
         assert response.status_code == 401, refused
     unknown_source = await client.post("/api/v1/webhooks/nobody", content=body, headers=signed("d-6"))
@@ -146,6 +148,29 @@ async def test_the_deliveries_consumer_fetches_only_the_event_types_of_active_en
     async with await psycopg.AsyncConnection.connect(service.endpoints.database_url, autocommit=True) as conn:
         await conn.execute("UPDATE webhook_endpoints SET active = false")  # an operator's change, too
     await eventually(lambda: filtering([NO_ENDPOINT]))
+
+
+async def test_concurrent_deliveries_do_not_wait_for_each_other_s_connections(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    """A delivery holds no connection of the pool while its event's effect takes one: more
+    concurrent deliveries than the pool has connections are all processed."""
+    assert service.keyring is not None
+    async with await psycopg.AsyncConnection.connect(service.endpoints.database_url, autocommit=True) as conn:
+        await credentials.put(conn, service.keyring, credentials.PLATFORM, "webhook.inventory", SECRET,
+                              actor="test")
+
+    async def deliver(i: int) -> int:
+        body = json.dumps({"event_id": str(uuid.uuid4()), "event_type": "inventory.stock.updated",
+                           "tenant_id": "tenant-a", "timestamp": "2026-11-25T10:30:00Z",
+                           "data": {"item_id": f"item-{i}", "stock_level": 1, "warehouse_id": "w"}}).encode()
+        stamp = str(int(time.time()))
+        response = await client.post("/api/v1/webhooks/inventory", content=body, headers={
+            "Authorization": "", "Webhook-Id": f"stock-{i}", "Webhook-Timestamp": stamp,
+            "Webhook-Signature": signature(SECRET, stamp, body), "Content-Type": "application/json"})
+        return response.status_code
+
+    assert await asyncio.gather(*(deliver(i) for i in range(12))) == [202] * 12
 
 
 async def test_an_endpoint_must_be_a_public_https_address(
