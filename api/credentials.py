@@ -62,9 +62,23 @@ async def _owner_connection(request: Request) -> AsyncIterator[psycopg.AsyncConn
         yield conn
 
 
+# Where the service calls out for a tenant (`peer.<service>.url`, `.credential`): set by the
+# platform's operators (`erp secrets set`), not through the API, so that no tenant can aim the
+# service's requests at the platform's own network or open the circuit breaker of a peer that
+# other tenants share.
+OPERATORS_ONLY = ("peer.",)
+
+
 def _name(request: Request) -> str:
     name: str = request.path_params["name"]
     return name
+
+
+def _operators_only(name: str) -> Response | None:
+    if name.startswith(OPERATORS_ONLY):
+        return problem(403, "Forbidden", f"credential {name!r}: peer.* credentials say where the service "
+                       "calls out and are set by the platform's operators (erp secrets set)")
+    return None
 
 
 @operation(scope="credentials:manage", summary="The tenant's integration credentials (hints only)",
@@ -77,8 +91,10 @@ async def list_credentials(request: Request) -> Response:
 
 @operation(scope="credentials:manage",
            summary="Set an integration credential, encrypted at rest (AES-256-GCM)",
-           body=SetCredential, response=CredentialView, errors=(400, 422, 503))
+           body=SetCredential, response=CredentialView, errors=(400, 403, 422, 503))
 async def set_credential(request: Request) -> Response:
+    if refused := _operators_only(_name(request)):
+        return refused
     cmd = await rq.body(request, SetCredential)
     keyring = reads.service(request).keyring
     if keyring is None:
@@ -93,9 +109,11 @@ async def set_credential(request: Request) -> Response:
     return JSON(_view(info))
 
 
-@operation(scope="credentials:manage", summary="Delete an integration credential", errors=(404,),
+@operation(scope="credentials:manage", summary="Delete an integration credential", errors=(403, 404),
            status=204)
 async def delete_credential(request: Request) -> Response:
+    if refused := _operators_only(_name(request)):
+        return refused
     async with _owner_connection(request) as conn:
         deleted = await credentials.delete(conn, rq.tenant(request), _name(request))
     if not deleted:

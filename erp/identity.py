@@ -129,13 +129,19 @@ class JwksKeys:
             async with self._lock:  # one fetch however many requests bring the new kid
                 if self._stale(kid):
                     await self._fetch()
+        if time.monotonic() - self._fresh_at > self._max_stale:
+            self._keys = {}  # whether or not a fetch was due: cached keys serve that long at most
         if not self._keys:
             raise KeysUnavailable(f"no usable keys from {self._url}")
         return self._keys.get(kid)
 
     def _stale(self, kid: str) -> bool:
-        age = time.monotonic() - self._fetched_at
-        return age > self._max_age or (kid not in self._keys and age >= self._min_refresh)
+        """Time to fetch: the keys are older than `max_age`, or a kid is unknown or the keys
+        are past `max_stale` and the last attempt is `min_refresh` ago."""
+        now = time.monotonic()
+        age = now - self._fetched_at
+        wanted = kid not in self._keys or now - self._fresh_at > self._max_stale
+        return age > self._max_age or (wanted and age >= self._min_refresh)
 
     async def _fetch(self) -> None:
         self.fetches += 1

@@ -431,6 +431,15 @@ async def test_a_credential_set_through_the_api_is_never_shown_or_logged(
     assert value not in capsys.readouterr().out
 
 
+async def test_where_the_service_calls_out_is_not_for_tenants_to_set(client: httpx.AsyncClient) -> None:
+    """A tenant could otherwise aim the service's requests at the platform's own network."""
+    for name in ("peer.treasury.url", "peer.notifications.credential"):
+        put = await client.put(f"/api/v1/integrations/credentials/{name}", json={"value": "http://10.0.0.7"})
+        assert put.status_code == 403 and "set by the platform's operators" in put.json()["detail"], put.text
+        assert (await client.delete(f"/api/v1/integrations/credentials/{name}")).status_code == 403
+    assert (await client.get("/api/v1/integrations/credentials")).json()["items"] == []
+
+
 async def test_without_the_auth_service_cached_keys_serve_for_a_while_then_none_do(jwks: Jwks) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     jwks.publish("ec-1", key)
@@ -444,6 +453,19 @@ async def test_without_the_auth_service_cached_keys_serve_for_a_while_then_none_
     await asyncio.sleep(3.0)  # past max_stale: no key is trusted any more
     with pytest.raises(KeysUnavailable):
         await verifier.verify(signed(key, "ec-1"))
+
+
+async def test_cached_keys_serve_no_longer_than_max_stale_even_between_refreshes(jwks: Jwks) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwks.publish("ec-1", key)
+    keys = JwksKeys(jwks.url, min_refresh_seconds=0.0, max_age_seconds=600.0, max_stale_seconds=1.0)
+    verifier = TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE)
+    assert (await verifier.verify(signed(key, "ec-1", sub="user-1"))).tenant_id == "tenant-a"
+    jwks.server.shutdown()
+    jwks.server.server_close()
+    await asyncio.sleep(1.2)  # past max_stale, long before the next refresh is due (max_age)
+    with pytest.raises(KeysUnavailable):
+        await verifier.verify(signed(key, "ec-1", sub="user-2"))
 
 
 async def test_a_verified_token_is_remembered_but_never_past_its_expiry() -> None:
