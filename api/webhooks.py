@@ -30,7 +30,7 @@ from erp import credentials
 from erp.commands import NothingChanged
 from integrations.webhooks import sign
 from streams import envelope as env
-from streams.inbound import context_of
+from streams.inbound import context_of, inbound_envelope
 
 BASE = "/api/v1/webhooks"
 TOLERANCE_SECONDS = 300
@@ -89,7 +89,7 @@ async def _handle(service: Any, source: str, body: bytes) -> env.Envelope[Any]:
         raise BadRequest(f"event_type {event_type!r} is not one this service consumes from {source}",
                          field="body.event_type")
     try:
-        event = env.decode(body, found.payload)
+        event = inbound_envelope(body, found.payload)
     except msgspec.DecodeError as error:
         raise BadRequest(f"malformed {event_type}: {error}", field="body") from None
     with contextlib.suppress(NothingChanged):  # already as it says: a repeat

@@ -33,6 +33,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from aggregates.errors import DomainError
+from aggregates.tenant_settings import valid_tenant_id
 from erp.commands import CommandContext, NotFound, NothingChanged
 from erp.eventstore import EventMetadata
 from erp.idempotency import INBOUND_KEY_PREFIX, IdempotencyKey, IdempotencyKeyReused
@@ -123,6 +124,16 @@ async def _check_consumer(sub: Any) -> None:
 def backoff(attempt: int) -> float:
     """Seconds before delivery `attempt + 1`: 1, 2, 4, ... up to 30."""
     return float(min(BACKOFF_MAX_SECONDS, BACKOFF_INITIAL_SECONDS * 2 ** (attempt - 1)))
+
+
+def inbound_envelope(payload: bytes, data_type: type[Any]) -> env.Envelope[Any]:
+    """An event of another service, decoded and validated (`env.decode`) with its tenant id
+    too: it becomes the tenant of the commands the event causes."""
+    envelope = env.decode(payload, data_type)
+    if not valid_tenant_id(envelope.tenant_id):
+        raise msgspec.ValidationError(f"tenant_id {envelope.tenant_id[:140]!r} is not a tenant id "
+                                      "(1-128 of letters, digits and . _ : -) - at `$.tenant_id`")
+    return envelope
 
 
 def context_of(envelope: env.Envelope[Any], subject: str, raw: bytes) -> CommandContext:
@@ -254,7 +265,7 @@ class InboundConsumer:
         if subscription is None:
             raise Unhandleable(f"no handler for {msg.subject}")
         try:
-            envelope = env.decode(msg.data, subscription.payload)
+            envelope = inbound_envelope(msg.data, subscription.payload)
         except msgspec.DecodeError as error:  # ValidationError is a DecodeError
             raise Unhandleable(f"malformed {msg.subject}: {error}") from None
         if envelope.event_type != msg.subject:

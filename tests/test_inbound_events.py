@@ -112,19 +112,23 @@ async def test_a_poison_event_is_parked_later_ones_flow_and_a_replayed_one_is_ha
     await js.publish("treasury.invoice.created", b"{garbage")
     await js.publish("treasury.bill.created", event("treasury.bill.created", {
         "bill_id": "B", "purchase_order_id": str(uuid.uuid4())}))  # no such order here
-    await settled(service, "erp-treasury", 3)
-    assert consumer(service, "erp-treasury").terminated == 3
+    await js.publish("treasury.invoice.created", event("treasury.invoice.created", {
+        "invoice_id": "INV-2", "opportunity_id": opportunity}, tenant="../tenant-a"))  # no tenant id
+    await settled(service, "erp-treasury", 4)
+    assert consumer(service, "erp-treasury").terminated == 4
 
     info = await js.stream_info("ERP_DLQ")
-    assert info.state.messages == 3
+    assert info.state.messages == 4
     first = await js.get_msg("ERP_DLQ", info.state.first_seq)
     assert first.headers[DLQ_SUBJECT] == "treasury.invoice.created"
     assert "NotWon" in first.headers[DLQ_ERROR] or "won" in first.headers[DLQ_ERROR]
+    last = await js.get_msg("ERP_DLQ", info.state.last_seq)
+    assert "'../tenant-a' is not a tenant id" in last.headers[DLQ_ERROR], last.headers
 
     env = {"ERP_NATS_URL": service.endpoints.nats_url}
     listed = await asyncio.to_thread(CliRunner().invoke, main, ["dead-letters", "list"], env=env)
     assert listed.exit_code == 0, listed.output
-    assert listed.output.count("erp-treasury") == 3 and "(not JSON)" in listed.output
+    assert listed.output.count("erp-treasury") == 4 and "(not JSON)" in listed.output
 
     await client.post(f"{OPPORTUNITIES}/{opportunity}/win", json={})  # now it can be invoiced
     replayed = await asyncio.to_thread(CliRunner().invoke, main,
@@ -138,7 +142,7 @@ async def test_a_poison_event_is_parked_later_ones_flow_and_a_replayed_one_is_ha
         cur = await conn.execute("SELECT count(*) FROM erp_events WHERE originator_id = %s "
                                  "AND topic LIKE '%%InvoiceLinked'", (opportunity,))
         assert await cur.fetchone() == (1,)
-    assert (await js.stream_info("ERP_DLQ")).state.messages == 2  # the replayed one left
+    assert (await js.stream_info("ERP_DLQ")).state.messages == 3  # the replayed one left
 
 
 async def test_facts_from_inventory_logistics_pos_iot_and_projects_are_kept_once_and_never_go_back(

@@ -76,6 +76,13 @@ async def test_a_signed_delivery_is_processed_once_and_forgeries_are_refused(
     assert foreign.status_code == 400 and "from treasury" in foreign.json()["detail"], foreign.text
     still = await client.get(OPPORTUNITIES, headers={**as_user("tenant-b")})
     assert still.status_code == 200, still.text
+    body = json.dumps({"event_id": str(uuid.uuid4()), "event_type": "treasury.invoice.created",
+                       "tenant_id": "*", "timestamp": "2026-11-25T10:32:00Z",
+                       "data": {"invoice_id": "INV-W2", "opportunity_id": opportunity,
+                                "status": "sent"}}).encode()
+    no_tenant = await client.post(url, content=body, headers=signed("d-9"))
+    assert no_tenant.status_code == 400, no_tenant.text
+    assert "'*' is not a tenant id" in no_tenant.json()["detail"]
 
 
 async def test_a_registered_endpoint_gets_each_chosen_event_signed_retried_and_visible(
