@@ -1,7 +1,10 @@
 """Work order: make a planned quantity of a product from a pinned bill-of-materials version.
 
 Lifecycle: draft -> released -> in_progress -> completed -> closed; an order in progress
-may be stopped and resumed; anything not yet completed may be cancelled.
+may be stopped and resumed. An order may be cancelled until material is consumed or goods
+are produced for it (ERPNext: not while stock entries exist); after that an order that will
+not make its planned quantity is closed short: completed with what was produced (the
+completion event books it and its costs), then closed.
 
 Rules chosen where the issue left a choice:
 - Quantities (planned, required, consumed, produced, scrap) are rounded to 3 decimal
@@ -16,6 +19,8 @@ Rules chosen where the issue left a choice:
   version's standard labour cost per unit x produced stands in, so labour is never
   counted twice. Overhead is the version's percent of materials + labour.
 - Unit cost = (materials + labour + overhead) / produced, each amount in cents.
+- Quantities are below 10^15 (planned, and quantity per unit x planned); scrap is at most
+  the over-production allowance of planned, like produced.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from aggregates.errors import InvalidValue, RuleViolation
 from aggregates.money import amount_in_cents, to_cents
 
 QUANTITY = Decimal("0.001")
+MAX_QUANTITY = Decimal(10) ** 15  # exclusive: 3 decimal places stay within Decimal's 28 digits
 RATIO = Decimal("0.0001")
 ZERO = Decimal(0)
 DEFAULT_CURRENCY = "KES"
@@ -80,6 +86,18 @@ class AlreadyCancelled(WorkOrderStatusForbids):
     pass
 
 
+class QuantityTooLarge(InvalidValue):
+    pass
+
+
+class StockMoved(RuleViolation):
+    """Material was consumed or goods produced: cancelling would leave them unaccounted."""
+
+
+class NothingProduced(RuleViolation):
+    """A short close books what was produced: there must be something."""
+
+
 class QuantityNegative(InvalidValue):
     pass
 
@@ -112,11 +130,13 @@ class OverConsumption(RuleViolation):
 
 
 class OverProduction(RuleViolation):
-    def __init__(self, planned: Decimal, produced: Decimal, attempted: Decimal, allowed: Decimal) -> None:
+    def __init__(self, planned: Decimal, produced: Decimal, attempted: Decimal, allowed: Decimal, *,
+                 scrap: bool = False) -> None:
+        doing, done = ("scrapping", "scrapped") if scrap else ("producing", "produced")
         super().__init__(
-            f"producing {attempted} more would exceed what is allowed ({allowed}; "
-            f"planned {planned}, already produced {produced})",
-            field="quantity",
+            f"{doing} {attempted} more would exceed what is allowed ({allowed}; "
+            f"planned {planned}, already {done} {produced})",
+            field="scrap_quantity" if scrap else "quantity",
         )
         self.planned = planned
         self.produced = produced
@@ -175,6 +195,8 @@ def _quantity(value: Decimal, field: str, *, allow_zero: bool = False) -> Decima
         raise QuantityNotPositive(
             f"{field} must be greater than zero (at 3 decimal places), got {value}", field=field
         )
+    if rounded >= MAX_QUANTITY:
+        raise QuantityTooLarge(f"{field} must be below {MAX_QUANTITY:,.0f}, got {value}", field=field)
     return rounded
 
 
@@ -275,6 +297,11 @@ class WorkOrder(Aggregate):
                 f"{bom.product_id!r}, not {self.product_id!r}",
                 field="bom",
             )
+        for item in bom.items:
+            if item.quantity_per_unit * self.planned_quantity >= MAX_QUANTITY:
+                raise QuantityTooLarge(
+                    f"item {item.item_id!r} would need {item.quantity_per_unit} x {self.planned_quantity}: "
+                    f"a required quantity must be below {MAX_QUANTITY:,.0f}", field="planned_quantity")
         materials = [
             RequiredMaterial(
                 item_id=item.item_id,
@@ -413,6 +440,9 @@ class WorkOrder(Aggregate):
         allowed = _allowance(self.planned_quantity, allowances.over_production_percent)
         if self.produced_quantity + quantity > allowed:
             raise OverProduction(self.planned_quantity, self.produced_quantity, quantity, allowed)
+        if self.scrap_quantity + scrap_quantity > allowed:
+            raise OverProduction(self.planned_quantity, self.scrap_quantity, scrap_quantity, allowed,
+                                 scrap=True)
         self._production_recorded(
             product_id=self.product_id,
             quantity=quantity,
@@ -471,6 +501,9 @@ class WorkOrder(Aggregate):
         loss = self.expected_process_loss
         if self.produced_quantity + loss < self.planned_quantity:
             raise ProductionIncomplete(self.planned_quantity, self.produced_quantity, loss)
+        self._complete()
+
+    def _complete(self) -> None:
         bom_id, bom_version = self._pinned_bom()
         self._completed(
             product_id=self.product_id,
@@ -484,7 +517,8 @@ class WorkOrder(Aggregate):
             labour_cost=self.labour_cost,
             overhead_cost=self.overhead_cost,
             total_cost=self.total_cost,
-            # produced > 0 here: the expected loss is below planned, since loss < 100 %.
+            # produced > 0 here: the expected loss is below planned (loss < 100 %), and a
+            # short close needs something produced.
             unit_cost=to_cents(self.total_cost / self.produced_quantity),
             currency=self.currency,
         )
@@ -513,6 +547,9 @@ class WorkOrder(Aggregate):
             raise AlreadyCompleted(f"a {self.status.value} work order cannot be cancelled")
         if self.status is Status.CANCELLED:
             raise AlreadyCancelled("the work order is already cancelled")
+        if self.produced_quantity or self.scrap_quantity or any(self.consumed.values()):
+            raise StockMoved("material was consumed or goods were produced for this work order: close it "
+                             "instead, which books what was produced")
         self._cancelled(
             product_id=self.product_id,
             from_status=self.status.value,
@@ -525,8 +562,16 @@ class WorkOrder(Aggregate):
         self.cancel_reason = reason
 
     def close(self) -> None:
+        """A completed order; or one in progress or stopped, closed short: completed first with
+        what was produced (its completion event books it and the costs so far)."""
+        if self.status in (Status.IN_PROGRESS, Status.STOPPED):
+            if not self.produced_quantity:
+                raise NothingProduced("nothing was produced: record production before closing the work "
+                                      "order short, or cancel it if nothing was consumed")
+            self._complete()
         if self.status is not Status.COMPLETED:
-            raise NotCompleted(f"only a completed work order can be closed; this one is {self.status.value}")
+            raise NotCompleted("only a completed work order, or one in progress or stopped, can be closed; "
+                               f"this one is {self.status.value}")
         self._closed(product_id=self.product_id)
 
     @event("Closed")

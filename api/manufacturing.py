@@ -401,7 +401,7 @@ async def complete(request: Request) -> Response:
 
 
 @operation(scope="manufacturing:write",
-           summary="Cancel a work order that is not yet completed", body=GiveReason,
+           summary="Cancel a work order for which nothing was consumed or produced yet", body=GiveReason,
            response=CommandAccepted, errors=COMMAND_ERRORS, headers=(IF_MATCH, IDEMPOTENCY))
 async def cancel(request: Request) -> Response:
     cmd = await _optional_body(request, GiveReason)
@@ -411,7 +411,9 @@ async def cancel(request: Request) -> Response:
 
 
 @operation(scope="manufacturing:write",
-           summary="Close a completed work order", response=CommandAccepted, errors=COMMAND_ERRORS,
+           summary="Close a completed work order, or close one in progress or stopped short (completed "
+                   "first with what was produced: erp.work_order.completed, then .closed)",
+           response=CommandAccepted, errors=COMMAND_ERRORS,
            headers=(IF_MATCH, IDEMPOTENCY))
 async def close(request: Request) -> Response:
     await _optional_body(request, NoFields)

@@ -215,13 +215,23 @@ async def test_stopping_labour_and_cancelling(client: httpx.AsyncClient) -> None
     await post(client, f"{one}/produce", {"quantity": 4})
     # Actual labour replaces the standard labour cost: 3 h at 500, not 4 x 2.
     await post(client, f"{one}/labour", {"hours": 3, "rate": 500})
-    cancelled = await post(client, f"{one}/cancel", {"reason": "order withdrawn"})
-    view = await work_order(client, one, cancelled["log_position"])
-    assert (view["status"], view["cancel_reason"], view["stop_reason"]) == (
-        "cancelled", "order withdrawn", None)
+    # Goods were produced: cancelling would leave them unaccounted; closing short books them.
+    assert await refused(client, f"{one}/cancel", {"reason": "order withdrawn"}) == (409, "StockMoved")
+    await post(client, f"{one}/stop", {"reason": "order withdrawn"})
+    closed = await post(client, f"{one}/close")
+    view = await work_order(client, one, closed["log_position"])
+    assert (view["status"], view["produced_quantity"], view["production_yield"]) == ("closed", 4, 0.4)
     assert (view["labour_hours"], view["labour_cost"], view["overhead_cost"], view["total_cost"],
             view["unit_cost"]) == (3, 1500, 150, 1650, 412.5)
-    assert await refused(client, f"{one}/cancel") == (409, "AlreadyCancelled")
+    assert await refused(client, f"{one}/cancel") == (409, "AlreadyCompleted")
+
+    other = f"{WORK_ORDERS}/{await started(client, planned=10)}"  # nothing consumed or produced yet
+    await post(client, f"{other}/stop", {"reason": "oven broke"})
+    cancelled = await post(client, f"{other}/cancel", {"reason": "order withdrawn"})
+    view = await work_order(client, other, cancelled["log_position"])
+    assert (view["status"], view["cancel_reason"], view["stop_reason"]) == (
+        "cancelled", "order withdrawn", "oven broke")  # why it stopped stays on record
+    assert await refused(client, f"{other}/cancel") == (409, "AlreadyCancelled")
 
 
 async def test_the_same_idempotency_key_answers_the_first_result(

@@ -31,6 +31,7 @@ from aggregates.work_order import (
     BomMismatch,
     ItemNotInBom,
     NotCompleted,
+    NothingProduced,
     NotInProgress,
     NotReleased,
     NotStopped,
@@ -39,7 +40,9 @@ from aggregates.work_order import (
     ProductionAllowances,
     ProductionIncomplete,
     QuantityNegative,
+    QuantityTooLarge,
     Status,
+    StockMoved,
     WorkOrder,
 )
 from streams import envelope
@@ -243,6 +246,20 @@ def test_stopped_order_records_nothing_until_resumed() -> None:
         order.resume()
 
 
+def test_cancelling_is_refused_once_stock_moved() -> None:
+    moves: list[Callable[[WorkOrder], None]] = [
+        lambda o: o.record_consumption("flour", D("1"), D("50")),
+        lambda o: o.record_production(D("1")),
+        lambda o: o.record_production(D("0"), D("1")),
+    ]
+    for move in moves:
+        order = in_progress()
+        move(order)
+        with pytest.raises(StockMoved) as refused:
+            order.cancel("no demand")
+        assert "close it instead" in str(refused.value)
+
+
 def test_cancelling_is_possible_until_completion_only() -> None:
     order = in_progress()
     order.stop()
@@ -261,10 +278,24 @@ def test_cancelling_is_possible_until_completion_only() -> None:
         finished.cancel()
 
 
-def test_only_a_completed_order_can_be_closed() -> None:
-    for order in (draft(), in_progress()):
-        with pytest.raises(NotCompleted):
-            order.close()
+def test_only_a_completed_order_can_be_closed_or_one_in_production_closed_short() -> None:
+    with pytest.raises(NotCompleted):
+        draft().close()
+    with pytest.raises(NothingProduced):
+        in_progress().close()
+    short = in_progress()
+    short.record_consumption("flour", D("20"), D("50"))
+    short.record_production(D("40"))
+    short.stop("the oven broke")
+    short.close()
+    completed, closed = short.collect_events()[-2:]
+    assert (short.status, type(completed).__name__, type(closed).__name__) == (
+        Status.CLOSED, "Completed", "Closed")
+    assert (completed.produced_quantity, completed.planned_quantity,  # type: ignore[attr-defined]
+            completed.materials_cost, completed.unit_cost) == (  # type: ignore[attr-defined]
+        D("40.000"), D("100.000"), D("1000.00"), short.unit_cost)
+    with pytest.raises(AlreadyCompleted):
+        short.cancel()
     order = in_progress()
     order.record_production(D("100"))
     order.complete()
@@ -335,6 +366,21 @@ def test_scrap_is_recorded_beside_produced_quantity() -> None:
     with pytest.raises(QuantityNegative) as refused:
         order.record_production(D("1"), scrap_quantity=D("-1"))
     assert refused.value.field == "scrap_quantity"
+    with pytest.raises(OverProduction) as too_much:  # no more scrap than could be produced
+        order.record_production(D("0"), scrap_quantity=D("96"))
+    assert too_much.value.field == "scrap_quantity" and "already scrapped 4.500" in str(too_much.value)
+
+
+def test_quantities_too_large_to_keep_exactly_are_refused_by_name() -> None:
+    with pytest.raises(QuantityTooLarge) as refused:
+        draft(D("1000000000000000"))
+    assert refused.value.field == "planned_quantity"
+    bom = BillOfMaterials.create(tenant_id="t1", product_id="cake")
+    bom.publish_version([("flour", D("999999999999.999999"), "kg")])
+    order = draft(D("10000"))
+    with pytest.raises(QuantityTooLarge) as needed:
+        order.release(bom.version_snapshot(1))
+    assert needed.value.field == "planned_quantity" and "'flour'" in str(needed.value)
 
 
 def test_completion_allows_for_the_expected_process_loss() -> None:
@@ -481,6 +527,7 @@ ALLOWED_MOVES = {
     (Status.DRAFT, Status.RELEASED), (Status.RELEASED, Status.IN_PROGRESS),
     (Status.IN_PROGRESS, Status.STOPPED), (Status.STOPPED, Status.IN_PROGRESS),
     (Status.IN_PROGRESS, Status.COMPLETED), (Status.COMPLETED, Status.CLOSED),
+    (Status.IN_PROGRESS, Status.CLOSED), (Status.STOPPED, Status.CLOSED),  # closed short
     *((s, Status.CANCELLED) for s in (Status.DRAFT, Status.RELEASED, Status.IN_PROGRESS, Status.STOPPED)),
 }
 
@@ -575,7 +622,7 @@ class WorkOrderMachine(RuleBasedStateMachine):
     @invariant()
     def produced_stays_within_the_allowance(self) -> None:
         limit = self.order.planned_quantity * (100 + self.allowances.over_production_percent) / 100
-        assert self.order.produced_quantity <= limit
+        assert self.order.produced_quantity <= limit and self.order.scrap_quantity <= limit
 
     @invariant()
     def consumption_stays_within_the_allowance(self) -> None:
@@ -587,8 +634,12 @@ class WorkOrderMachine(RuleBasedStateMachine):
     def statuses_follow_the_lifecycle(self) -> None:
         if Status.COMPLETED in self.history:
             assert Status.CANCELLED not in self.history
-        if Status.CLOSED in self.history:
-            assert self.history.index(Status.COMPLETED) < self.history.index(Status.CLOSED)
+        names = [type(e).__name__ for e in self.events]
+        if Status.CLOSED in self.history:  # completed first, if only short, in the same command
+            assert names.index("Completed") < names.index("Closed")
+            assert self.order.produced_quantity > 0
+        if Status.CANCELLED in self.history:  # nothing consumed or produced was left unaccounted
+            assert not {"MaterialConsumed", "ProductionRecorded"} & set(names)
         if self.order.status is Status.COMPLETED:
             loss = self.order.expected_process_loss
             assert self.order.produced_quantity + loss >= self.order.planned_quantity

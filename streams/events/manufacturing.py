@@ -126,7 +126,9 @@ class WorkOrderResumed(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WorkOrderCompleted(msgspec.Struct, frozen=True, kw_only=True):
-    """Inventory receives `produced_quantity` of `product_id` as finished goods."""
+    """Inventory receives `produced_quantity` of `product_id` as finished goods. An order
+    closed short is completed first with what was produced: then `produced_quantity` is
+    below `planned_quantity`, and `erp.work_order.closed` follows."""
 
     work_order_id: UUID
     product_id: str
