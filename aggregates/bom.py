@@ -38,6 +38,10 @@ class DuplicateItem(InvalidValue):
     pass
 
 
+class ItemIsTheProduct(InvalidValue):
+    """A bill naming its own product among its items would need the product to make it."""
+
+
 class UnitRequired(InvalidValue):
     pass
 
@@ -125,13 +129,16 @@ def _finite(value: Decimal) -> bool:
     return isinstance(value, Decimal) and value.is_finite()
 
 
-def _validated_items(items: Iterable[tuple[str, Decimal, str]]) -> list[BomItem]:
+def _validated_items(items: Iterable[tuple[str, Decimal, str]], product_id: str) -> list[BomItem]:
     validated: list[BomItem] = []
     seen: set[str] = set()
     for index, (item_id, quantity_per_unit, unit) in enumerate(items):
         field = f"items[{index}]"
         if not item_id.strip():
             raise InvalidValue(f"{field}: an item needs an item_id", field=f"{field}.item_id")
+        if item_id.strip() == product_id.strip():
+            raise ItemIsTheProduct(f"item {item_id!r} is the product this bill makes",
+                                   field=f"{field}.item_id")
         if item_id in seen:
             raise DuplicateItem(f"item {item_id!r} is listed twice", field=f"{field}.item_id")
         if not unit.strip():
@@ -192,7 +199,7 @@ class BillOfMaterials(Aggregate):
         overhead_percent: Decimal = Decimal(0),
     ) -> BomVersion:
         """Publishes `items` = [(item_id, quantity_per_unit, unit), ...] as the next version."""
-        validated = _validated_items(items)
+        validated = _validated_items(items, self.product_id)
         if not _finite(process_loss_percent) or not 0 <= process_loss_percent < 100:
             raise ProcessLossOutOfRange(
                 f"process loss must be at least 0 and below 100 percent, got {process_loss_percent}",

@@ -205,6 +205,14 @@ class NotCancellable(RuleViolation):
     pass
 
 
+class AlreadyBilled(NotCancellable):
+    pass
+
+
+class ReceiptTooLarge(RuleViolation):
+    pass
+
+
 class NotClosable(RuleViolation):
     pass
 
@@ -555,14 +563,14 @@ class PurchaseOrder(Aggregate):
     def pending_roles(self) -> list[str]:
         return [role for role in self.required_roles if role not in self.approvals]
 
-    def _require_submitted(self, doing: str) -> None:
+    def require_submitted(self, doing: str) -> None:
         if self.status is not Status.SUBMITTED:
             raise NotAwaitingApproval(
                 f"the purchase order is {self.status.value}; only a submitted one can be {doing}"
             )
 
     def approve(self, approver_id: str, role: str) -> None:
-        self._require_submitted("approved")
+        self.require_submitted("approved")
         approver_id = _not_blank(approver_id, "approver_id")
         if approver_id == self.requested_by:
             raise SelfApproval(f"{approver_id} requested this purchase order and cannot approve it")
@@ -590,7 +598,7 @@ class PurchaseOrder(Aggregate):
             self.status = Status.APPROVED
 
     def reject(self, approver_id: str, reason: str) -> None:
-        self._require_submitted("rejected")
+        self.require_submitted("rejected")
         approver_id = _not_blank(approver_id, "approver_id")
         if approver_id == self.requested_by:
             raise SelfApproval(
@@ -649,16 +657,20 @@ class PurchaseOrder(Aggregate):
         lines: Sequence[tuple[LineRef, Decimal, Decimal]],
         *,
         received_on: str,
+        today: str,
         tolerance: Decimal = ZERO,
     ) -> None:
-        """Records one goods receipt; `tolerance` is the over-receipt allowance in percent."""
+        """Records one goods receipt, dated `received_on` (from the order's date to `today`);
+        `tolerance` is the over-receipt allowance in percent."""
         if self.status not in RECEIVABLE:
             raise NotApproved(f"the purchase order is {self.status.value}; goods are received only "
                               f"against an approved order")
         receipt_id = _not_blank(receipt_id, "receipt_id")
         if receipt_id in self.receipt_ids:
             raise DuplicateReceipt(f"goods receipt {receipt_id} is already recorded", field="receipt_id")
-        _iso_date(received_on, "received_on")
+        if not self.ordered_on <= _iso_date(received_on, "received_on").isoformat() <= today:
+            raise InvalidDate(f"received_on {received_on} must be from the order's date ({self.ordered_on}) "
+                              f"to today ({today})", field="received_on")
         tolerance = _decimal(tolerance, "tolerance")
         if tolerance < 0:
             raise InvalidTolerance(f"tolerance must not be negative, not {tolerance}", field="tolerance")
@@ -685,6 +697,10 @@ class PurchaseOrder(Aggregate):
                     already_received=line.accepted_quantity, attempted=accepted, limit=limit,
                     tolerance=tolerance,
                 )
+            if rejected > limit:  # rejected goods go back (and may be replaced): no more than the line
+                raise ReceiptTooLarge(
+                    f"line {line.line_no} ({line.item_id}): rejected {rejected} is more than the line "
+                    f"orders ({limit}: ordered {line.quantity}, tolerance {tolerance}%)", field="lines")
             records.append({
                 "line_no": line.line_no,
                 "item_id": line.item_id,
@@ -732,6 +748,9 @@ class PurchaseOrder(Aggregate):
             raise NotCancellable(
                 f"the purchase order is {self.status.value}; it can be cancelled only before goods arrive"
             )
+        if getattr(self, "bill_id", None):
+            raise AlreadyBilled(f"treasury has billed purchase order {self.number} (bill "
+                                f"{self.bill_id}): it can no longer be cancelled")
         self._cancelled(reason=_reason(reason))
 
     @event("Cancelled")

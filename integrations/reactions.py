@@ -33,6 +33,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
 
+from aggregates.dates import business_date
 from aggregates.errors import DomainError
 from aggregates.tenant_settings import NOTIFIABLE
 from erp import credentials
@@ -150,7 +151,7 @@ class TreasuryReactions:
             match msg.subject:
                 case "erp.opportunity.won":
                     terms = await asyncio.to_thread(Loader(self._runner.store, tenant).settings)
-                    due = event.timestamp.date() + timedelta(days=terms.payment_terms_days)
+                    due = business_date(event.timestamp) + timedelta(days=terms.payment_terms_days)
                     invoice = await treasury.create_invoice(tenant, InvoiceRequest(
                         customer_id=payload.customer_id, opportunity_id=payload.opportunity_id,
                         amount=payload.amount, currency=payload.currency, due_date=due),

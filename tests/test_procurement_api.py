@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import psycopg
 
+from aggregates.dates import business_date
 from erp.bootstrap import Service
 from tests.conftest import as_user, read_stream
 
 BASE = "/api/v1/procurement/purchase-orders"
-YEAR = date.today().year
+YEAR = business_date().year
 
 
 async def post(client: httpx.AsyncClient, path: str, body: dict[str, Any], **headers: str) -> Any:
@@ -90,8 +91,14 @@ async def test_an_order_goes_from_draft_to_received(client: httpx.AsyncClient, j
     assert [(a["role"], a["approver_id"]) for a in view["approvals"]] == [
         ("approver", "bob"), ("finance", "carol")]
 
+    today = business_date()
+    for when in (today + timedelta(days=1), date(2026, 1, 1)):  # not yet, or before the order
+        early = await client.post(f"{BASE}/{oid}/receive", json={
+            "received_on": when.isoformat(), "lines": [{"line_no": 1, "accepted_quantity": 1}]})
+        assert early.status_code == 422, early.text
+        assert early.json()["errors"][0]["field"] == "body.received_on"
     partial = await post(client, f"{BASE}/{oid}/receive", {
-        "receipt_id": "GRN-1", "received_on": "2026-03-02",
+        "receipt_id": "GRN-1", "received_on": today.isoformat(),
         "lines": [{"line_no": 1, "accepted_quantity": 6, "rejected_quantity": 1},
                   {"item_id": "sand", "accepted_quantity": 4}],
     })
@@ -111,7 +118,7 @@ async def test_an_order_goes_from_draft_to_received(client: httpx.AsyncClient, j
     assert view["status"] == "received"
     assert [(ln["accepted_quantity"], ln["rejected_quantity"]) for ln in view["lines"]] == [(10, 1), (4, 0)]
     assert [(r["receipt_id"], r["received_on"], len(r["lines"])) for r in view["receipts"]] == [
-        ("GRN-1", "2026-03-02", 2), ("GRN-2", date.today().isoformat(), 1)]
+        ("GRN-1", today.isoformat(), 2), ("GRN-2", today.isoformat(), 1)]
     assert view["version"] == rest["version"] == 11
     none_open = await read(client, "/api/v1/procurement/vendors/vendor-1/commitments",
                            rest["log_position"])
@@ -193,6 +200,9 @@ async def test_approval_rules_are_named(client: httpx.AsyncClient) -> None:
     view = await read(client, f"{BASE}/{oid}", rejected["log_position"])
     assert (view["status"], view["rejection_reason"], view["required_roles"]) == (
         "draft", "wrong vendor", [])
+    # a draft awaits no approval: that is the answer, not a missing role
+    assert await refused(client, f"{BASE}/{oid}/reject", {"reason": "again"}, **by("bob", "approver")) == (
+        409, "NotAwaitingApproval")
 
     empty = (await created(client))["id"]
     await post(client, f"{BASE}/{empty}/remove-line", {"line_no": 1})

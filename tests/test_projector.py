@@ -373,6 +373,7 @@ def _interleaved(lives: list[list[Any]]) -> list[Delivered]:
 
 def _purchase_orders_of_every_kind(orders: int) -> list[Delivered]:
     lives = []
+    day = "2026-11-27"  # the receipts' "today"
     for n in range(orders):
         po = PurchaseOrder.create(tenant_id="tenant-a", number=f"PO-2026-{n:06d}", vendor_id=f"v{n % 3}",
                                   requested_by="buyer", today="2026-11-25", required_by="2026-12-24", lines=[
@@ -393,12 +394,12 @@ def _purchase_orders_of_every_kind(orders: int) -> list[Delivered]:
             for i, role in enumerate(po.pending_roles):
                 po.approve(f"approver-{i}", role)
             if n % 4 == 0:
-                po.receive("GRN-1", [(1, Decimal(10), Decimal(0))], received_on="2026-11-26")
-                po.receive("GRN-2", [(2, Decimal(4), Decimal(0))], received_on="2026-11-27")
+                po.receive("GRN-1", [(1, Decimal(10), Decimal(0))], received_on="2026-11-26", today=day)
+                po.receive("GRN-2", [(2, Decimal(4), Decimal(0))], received_on="2026-11-27", today=day)
                 po.link_bill(f"BILL-{n}", "draft")
                 po.close()
             elif n % 4 == 1:
-                po.receive("GRN-1", [(1, Decimal(5), Decimal(1))], received_on="2026-11-26")
+                po.receive("GRN-1", [(1, Decimal(5), Decimal(1))], received_on="2026-11-26", today=day)
                 po.close("vendor out of stock")
         lives.append(list(po.collect_events()))
     return _interleaved(lives)

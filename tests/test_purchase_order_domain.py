@@ -18,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from aggregates.errors import DomainError, InvalidValue, RuleViolation
 from aggregates.purchase_order import (
+    AlreadyBilled,
     AmbiguousItem,
     ApprovalChain,
     ApprovalLevel,
@@ -47,6 +48,7 @@ from aggregates.purchase_order import (
     OverReceipt,
     PurchaseOrder,
     ReasonRequired,
+    ReceiptTooLarge,
     RequiredByInPast,
     RoleAlreadyApproved,
     RoleNotRequired,
@@ -60,6 +62,7 @@ from streams.events.procurement import PUBLICATIONS, PurchaseOrderReceived
 
 D = Decimal
 TODAY = "2026-02-01"
+LATER = "2026-03-01"  # the day goods are recorded as received, at the latest
 CENT = Decimal("0.01")
 
 
@@ -386,13 +389,13 @@ def test_cannot_receive_unless_approved() -> None:
     po = draft()
     po.submit()
     with pytest.raises(NotApproved):
-        po.receive("GR-1", [(1, D(1), D(0))], received_on=TODAY)
+        po.receive("GR-1", [(1, D(1), D(0))], received_on=TODAY, today=LATER)
 
 
 def test_cannot_receive_more_than_ordered() -> None:
     po = approved(line(quantity="10"))
     with pytest.raises(OverReceipt) as refused:
-        po.receive("GR-1", [(1, D(11), D(0))], received_on=TODAY)
+        po.receive("GR-1", [(1, D(11), D(0))], received_on=TODAY, today=LATER)
     error = refused.value
     assert (error.line_no, error.ordered, error.already_received, error.attempted) == (1, D(10), D(0), D(11))
     assert "line 1" in error.message and "ordered 10" in error.message and "attempted 11" in error.message
@@ -400,75 +403,98 @@ def test_cannot_receive_more_than_ordered() -> None:
 
 def test_over_receipt_counts_what_was_already_accepted() -> None:
     po = approved(line(quantity="10"))
-    po.receive("GR-1", [(1, D(6), D(0))], received_on=TODAY)
+    po.receive("GR-1", [(1, D(6), D(0))], received_on=TODAY, today=LATER)
     with pytest.raises(OverReceipt) as refused:
-        po.receive("GR-2", [(1, D(5), D(0))], received_on=TODAY)
+        po.receive("GR-2", [(1, D(5), D(0))], received_on=TODAY, today=LATER)
     assert (refused.value.already_received, refused.value.attempted) == (D(6), D(5))
     assert "already received 6" in refused.value.message
 
 
 def test_tolerance_allows_accepting_up_to_the_percent_over() -> None:
     po = approved(line(quantity="10"))
-    po.receive("GR-1", [(1, D("10.5"), D(0))], received_on=TODAY, tolerance=D(5))
+    po.receive("GR-1", [(1, D("10.5"), D(0))], received_on=TODAY, today=LATER, tolerance=D(5))
     assert po.status is Status.RECEIVED
     po2 = approved(line(quantity="10"))
     with pytest.raises(OverReceipt):
-        po2.receive("GR-1", [(1, D("10.6"), D(0))], received_on=TODAY, tolerance=D(5))
+        po2.receive("GR-1", [(1, D("10.6"), D(0))], received_on=TODAY, today=LATER, tolerance=D(5))
     with pytest.raises(InvalidTolerance):
-        po2.receive("GR-1", [(1, D(1), D(0))], received_on=TODAY, tolerance=D(-1))
+        po2.receive("GR-1", [(1, D(1), D(0))], received_on=TODAY, today=LATER, tolerance=D(-1))
 
 
 def test_rejected_quantity_does_not_count_as_received() -> None:
     po = approved(line(quantity="10"))
-    po.receive("GR-1", [(1, D(8), D(50))], received_on=TODAY)
+    po.receive("GR-1", [(1, D(8), D(10))], received_on=TODAY, today=LATER)
     assert (po.lines[0].accepted_quantity, po.lines[0].rejected_quantity, po.status) == (
-        D(8), D(50), Status.PARTIALLY_RECEIVED
+        D(8), D(10), Status.PARTIALLY_RECEIVED
     )
-    po.receive("GR-2", [(1, D(2), D(0))], received_on=TODAY)
+    po.receive("GR-2", [(1, D(2), D(0))], received_on=TODAY, today=LATER)
     assert po.status is Status.RECEIVED
+
+
+def test_a_receipt_rejects_no_more_than_the_line_orders() -> None:
+    po = approved(line(quantity="10"))
+    with pytest.raises(ReceiptTooLarge) as refused:
+        po.receive("GR-1", [(1, D(8), D("10.001"))], received_on=TODAY, today=LATER)
+    assert "rejected 10.001 is more than the line orders" in str(refused.value)
+    po.receive("GR-1", [(1, D(8), D(11))], received_on=TODAY, today=LATER, tolerance=D(10))
+
+
+@pytest.mark.parametrize("received_on", ["2026-01-31", "2026-03-02"])
+def test_goods_are_received_from_the_order_date_to_today(received_on: str) -> None:
+    with pytest.raises(InvalidDate) as refused:
+        approved().receive("GR-1", [(1, D(1), D(0))], received_on=received_on, today=LATER)
+    assert refused.value.field == "received_on"
+
+
+def test_a_billed_order_cannot_be_cancelled() -> None:
+    po = approved()
+    po.link_bill("BILL-7", "draft")
+    with pytest.raises(AlreadyBilled) as refused:
+        po.cancel("not needed")
+    assert "BILL-7" in str(refused.value) and po.status is Status.APPROVED
 
 
 @pytest.mark.parametrize(("accepted", "rejected"), [("0", "0"), ("-1", "2"), ("2", "-1")])
 def test_a_receipt_line_needs_some_quantity_and_none_negative(accepted: str, rejected: str) -> None:
     with pytest.raises(EmptyReceiptLine):
-        approved().receive("GR-1", [(1, D(accepted), D(rejected))], received_on=TODAY)
+        approved().receive("GR-1", [(1, D(accepted), D(rejected))], received_on=TODAY, today=LATER)
 
 
 def test_a_receipt_needs_lines_and_names_each_once() -> None:
     po = approved(line("a"), line("b"))
     with pytest.raises(EmptyReceipt):
-        po.receive("GR-1", [], received_on=TODAY)
+        po.receive("GR-1", [], received_on=TODAY, today=LATER)
     with pytest.raises(LineReceivedTwice):
-        po.receive("GR-1", [(1, D(1), D(0)), ("a", D(1), D(0))], received_on=TODAY)
+        po.receive("GR-1", [(1, D(1), D(0)), ("a", D(1), D(0))], received_on=TODAY, today=LATER)
     with pytest.raises(InvalidDate):
-        po.receive("GR-1", [(1, D(1), D(0))], received_on="yesterday")
+        po.receive("GR-1", [(1, D(1), D(0))], received_on="yesterday", today=LATER)
 
 
 def test_a_receipt_id_used_twice_is_refused() -> None:
     po = approved(line(quantity="10"))
-    po.receive("GR-1", [(1, D(1), D(0))], received_on=TODAY)
+    po.receive("GR-1", [(1, D(1), D(0))], received_on=TODAY, today=LATER)
     with pytest.raises(DuplicateReceipt) as refused:
-        po.receive("GR-1", [(1, D(1), D(0))], received_on=TODAY)
+        po.receive("GR-1", [(1, D(1), D(0))], received_on=TODAY, today=LATER)
     assert refused.value.field == "receipt_id"
     assert po.lines[0].accepted_quantity == D(1)
 
 
 def test_receipt_lines_name_a_line_number_or_a_unique_item() -> None:
     po = approved(line("a"), line("b"), line("b"))
-    po.receive("GR-1", [("a", D(1), D(0))], received_on=TODAY)
+    po.receive("GR-1", [("a", D(1), D(0))], received_on=TODAY, today=LATER)
     assert po.lines[0].accepted_quantity == D(1)
     with pytest.raises(AmbiguousItem):
-        po.receive("GR-2", [("b", D(1), D(0))], received_on=TODAY)
+        po.receive("GR-2", [("b", D(1), D(0))], received_on=TODAY, today=LATER)
     with pytest.raises(UnknownLine):
-        po.receive("GR-2", [("zzz", D(1), D(0))], received_on=TODAY)
+        po.receive("GR-2", [("zzz", D(1), D(0))], received_on=TODAY, today=LATER)
     with pytest.raises(UnknownLine):
-        po.receive("GR-2", [(7, D(1), D(0))], received_on=TODAY)
+        po.receive("GR-2", [(7, D(1), D(0))], received_on=TODAY, today=LATER)
 
 
 def test_each_goods_receipt_is_an_event_inventory_can_record() -> None:
     po = approved(line("a", quantity="10", unit="kg"), line("b", quantity="4"))
     po.collect_events()
-    po.receive("GR-1", [("a", D(6), D(1)), (2, D(4), D(0))], received_on="2026-02-03")
+    po.receive("GR-1", [("a", D(6), D(1)), (2, D(4), D(0))], received_on="2026-02-03", today=LATER)
     events = po.collect_events()
     assert [type(e).__name__ for e in events] == ["GoodsReceived"]
     receipt = events[0]
@@ -484,9 +510,9 @@ def test_each_goods_receipt_is_an_event_inventory_can_record() -> None:
 def test_receiving_every_line_in_full_emits_received_with_the_guides_fields() -> None:
     po = approved(line("a", quantity="10"), line("b", quantity="1", unit_price="0.5"), currency="KES")
     po.collect_events()
-    po.receive("GR-1", [(1, D(10), D(0))], received_on=TODAY)
+    po.receive("GR-1", [(1, D(10), D(0))], received_on=TODAY, today=LATER)
     assert names(po) == ["GoodsReceived"]
-    po.receive("GR-2", [(2, D(1), D(0))], received_on=TODAY)
+    po.receive("GR-2", [(2, D(1), D(0))], received_on=TODAY, today=LATER)
     events = po.collect_events()
     assert [type(e).__name__ for e in events] == ["GoodsReceived", "Received"]
     payload = PUBLICATIONS[type(events[1])].to_payload(events[1])
@@ -502,7 +528,7 @@ def test_receiving_every_line_in_full_emits_received_with_the_guides_fields() ->
 
 def test_close_a_received_order() -> None:
     po = approved(line(quantity="1"))
-    po.receive("GR-1", [(1, D(1), D(0))], received_on=TODAY)
+    po.receive("GR-1", [(1, D(1), D(0))], received_on=TODAY, today=LATER)
     po.close()
     assert (po.status, last_event(po).short_closed) == (Status.CLOSED, False)
 
@@ -510,7 +536,7 @@ def test_close_a_received_order() -> None:
 def test_short_close_a_partly_received_order_needs_a_reason_and_bills_what_came() -> None:
     po = approved(line("a", quantity="10", unit_price="100.05", tax_rate="16", tax_code="VAT"),
                   line("b", quantity="3"))
-    po.receive("GR-1", [(1, D("4.5"), D(1))], received_on=TODAY)
+    po.receive("GR-1", [(1, D("4.5"), D(1))], received_on=TODAY, today=LATER)
     po.collect_events()
     with pytest.raises(ReasonRequired):
         po.close()
@@ -526,7 +552,7 @@ def test_short_close_a_partly_received_order_needs_a_reason_and_bills_what_came(
 
 def test_a_short_closed_order_of_which_nothing_was_accepted_is_not_billed() -> None:
     po = approved(line(quantity="10"))
-    po.receive("GR-1", [(1, D(0), D(2))], received_on=TODAY)
+    po.receive("GR-1", [(1, D(0), D(2))], received_on=TODAY, today=LATER)
     po.collect_events()
     po.close("all of it was damaged")
     assert names(po) == ["Closed"]
@@ -535,7 +561,7 @@ def test_a_short_closed_order_of_which_nothing_was_accepted_is_not_billed() -> N
 def test_goods_accepted_over_the_order_within_tolerance_are_billed_as_they_came() -> None:
     po = approved(line(quantity="10", unit_price="100"))
     po.collect_events()
-    po.receive("GR-1", [(1, D(11), D(0))], received_on=TODAY, tolerance=D(10))
+    po.receive("GR-1", [(1, D(11), D(0))], received_on=TODAY, today=LATER, tolerance=D(10))
     assert last_event(po).total_amount == D("1100.00")
 
 
@@ -565,7 +591,7 @@ def test_an_approved_order_can_be_cancelled_but_not_after_a_receipt() -> None:
     po.cancel("vendor cannot deliver")
     assert po.status is Status.CANCELLED
     po2 = approved(line(quantity="10"))
-    po2.receive("GR-1", [(1, D(0), D(1))], received_on=TODAY)  # even all rejected: goods arrived
+    po2.receive("GR-1", [(1, D(0), D(1))], received_on=TODAY, today=LATER)  # even all rejected: goods arrived
     with pytest.raises(NotCancellable):
         po2.cancel("too late")
 
@@ -584,11 +610,11 @@ def lifecycle_events() -> list[Any]:
     po.approve("alice", "approver")
     po.approve("fin", "finance")
     assert po.link_bill("BILL-1", "open") and not po.link_bill("BILL-1", "open")
-    po.receive("GR-1", [("a", D(4), D(1))], received_on="2026-02-05")
-    po.receive("GR-2", [(1, D(6), D(0))], received_on="2026-02-06")
+    po.receive("GR-1", [("a", D(4), D(1))], received_on="2026-02-05", today=LATER)
+    po.receive("GR-2", [(1, D(6), D(0))], received_on="2026-02-06", today=LATER)
     po.close()
     short = approved(number="PO-2026-000002")
-    short.receive("GR-9", [(1, D(1), D(0))], received_on=TODAY)
+    short.receive("GR-9", [(1, D(1), D(0))], received_on=TODAY, today=LATER)
     short.close("rest not needed")
     cancelled = draft(number="PO-2026-000003", currency="USD")
     cancelled.cancel("duplicate")
@@ -597,7 +623,7 @@ def lifecycle_events() -> list[Any]:
 
 def test_replaying_the_stored_events_rebuilds_the_same_order() -> None:
     po = approved(line("a", quantity="10"), line("b", quantity="3", unit_price="0.333"))
-    po.receive("GR-1", [(1, D(10), D(2)), (2, D(1), D(0))], received_on=TODAY)
+    po.receive("GR-1", [(1, D(10), D(2)), (2, D(1), D(0))], received_on=TODAY, today=LATER)
     events = po.collect_events()
     assert replay(events) == po
     assert replay(through_the_store(events)) == po
@@ -779,7 +805,7 @@ class PurchaseOrderMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.po.status in (Status.APPROVED, Status.PARTIALLY_RECEIVED))
     @rule(receipt_id=st.sampled_from(["GR-1", "GR-2", "GR-3", "GR-4", "GR-5"]), lines=receipt_lines)
     def receive(self, receipt_id: str, lines: list[tuple[int | str, Decimal, Decimal]]) -> None:
-        self.attempt(lambda: self.po.receive(receipt_id, lines, received_on=TODAY,
+        self.attempt(lambda: self.po.receive(receipt_id, lines, received_on=TODAY, today=LATER,
                                              tolerance=self.tolerance))
 
     @precondition(lambda self: self.po.status in (Status.APPROVED, Status.PARTIALLY_RECEIVED))
@@ -795,7 +821,7 @@ class PurchaseOrderMachine(RuleBasedStateMachine):
             share = data.draw(shares)
             accepted = x.quantity - x.accepted_quantity if share is None else share * x.quantity
             lines.append((x.line_no, accepted, data.draw(st.sampled_from([D(0), D(0), D(1)]))))
-        self.attempt(lambda: self.po.receive(f"GR-{len(self.events)}", lines, received_on=TODAY,
+        self.attempt(lambda: self.po.receive(f"GR-{len(self.events)}", lines, received_on=TODAY, today=LATER,
                                              tolerance=self.tolerance))
 
     @rule(reason=st.sampled_from([None, "rest not needed"]))

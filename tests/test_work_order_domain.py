@@ -19,6 +19,7 @@ from aggregates.bom import (
     BomVersion,
     CostNegative,
     DuplicateItem,
+    ItemIsTheProduct,
     NoItems,
     ProcessLossOutOfRange,
     QuantityNotPositive,
@@ -151,6 +152,9 @@ def test_a_version_needs_items_each_listed_once() -> None:
     with pytest.raises(DuplicateItem) as refused:
         bom.publish_version([("flour", D("1"), "kg"), ("flour", D("2"), "kg")])
     assert refused.value.field == "items[1].item_id"
+    with pytest.raises(ItemIsTheProduct) as itself:  # it would take a cake to make a cake
+        bom.publish_version([("flour", D("1"), "kg"), ("cake", D("1"), "pc")])
+    assert itself.value.field == "items[1].item_id"
 
 
 def test_labour_cost_per_unit_cannot_be_negative() -> None:

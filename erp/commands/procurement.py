@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import date
 from decimal import Decimal
 from uuid import UUID, uuid4
 from weakref import WeakKeyDictionary
 
+from aggregates.dates import business_date
 from aggregates.numbering import DocumentSeries
 from aggregates.purchase_order import LineRef, OrderLine, PurchaseOrder
 from erp.commands import CommandContext, CommandRunner, Loader
@@ -35,7 +35,7 @@ async def create_purchase_order(
     runner: CommandRunner, ctx: CommandContext, *, vendor_id: str, currency: str | None,
     requested_by: str, required_by: str | None, lines: Sequence[OrderLine],
 ) -> Saved:
-    today = date.today()
+    today = business_date()
     series_id = DocumentSeries.id_for(ctx.tenant_id, SERIES_PREFIX, today.year)
 
     def decide(load: Loader) -> tuple[PurchaseOrder, DocumentSeries]:
@@ -117,6 +117,7 @@ async def reject(
 ) -> Saved:
     def decide(load: Loader) -> PurchaseOrder:
         order = load.target(PurchaseOrder, purchase_order_id)
+        order.require_submitted("rejected")  # before the roles: a draft has none pending
         if not roles & set(order.pending_roles):
             raise Forbidden(f"rejecting needs one of the pending roles: {', '.join(order.pending_roles)}")
         order.reject(approver_id, reason)
@@ -134,11 +135,11 @@ async def receive(
     per request: a resent request is then a second receipt unless it repeats its
     Idempotency-Key."""
     receipt = receipt_id or str(uuid4())
-    on = received_on or date.today().isoformat()
+    today = business_date().isoformat()
 
     def decide(load: Loader) -> PurchaseOrder:
         order = load.target(PurchaseOrder, purchase_order_id)
-        order.receive(receipt, lines, received_on=on,
+        order.receive(receipt, lines, received_on=received_on or today, today=today,
                       tolerance=load.read_settings().over_receipt_percent)
         return order
 
