@@ -662,6 +662,8 @@ class PurchaseOrder(Aggregate):
     ) -> None:
         """Records one goods receipt, dated `received_on` (from the order's date to `today`);
         `tolerance` is the over-receipt allowance in percent."""
+        if self.status is Status.RECEIVED:
+            raise NotApproved("every line of the purchase order is already received")
         if self.status not in RECEIVABLE:
             raise NotApproved(f"the purchase order is {self.status.value}; goods are received only "
                               f"against an approved order")

@@ -446,6 +446,13 @@ def test_goods_are_received_from_the_order_date_to_today(received_on: str) -> No
     assert refused.value.field == "received_on"
 
 
+def test_a_received_order_says_so_when_more_goods_come() -> None:
+    po = approved(line(quantity="10"))
+    po.receive("GR-1", [(1, D(10), D(0))], received_on=TODAY, today=LATER)
+    with pytest.raises(NotApproved, match="already received"):
+        po.receive("GR-2", [(1, D(1), D(0))], received_on=TODAY, today=LATER, tolerance=D(10))
+
+
 def test_a_billed_order_cannot_be_cancelled() -> None:
     po = approved()
     po.link_bill("BILL-7", "draft")
