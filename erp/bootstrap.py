@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,13 +76,29 @@ class Endpoints:
     nats_url: str
 
 
+class ServersUnavailable(RuntimeError):
+    pass
+
+
 @contextlib.contextmanager
 def servers(settings: Settings, *, durable: bool = True) -> Iterator[Endpoints]:
-    """The configured servers, or embedded ones under `settings.data_dir` for as long as needed."""
+    """The configured servers, or embedded ones under `settings.data_dir` for as long as needed.
+    One process owns a data folder's embedded servers (a lock on the folder): another `erp`
+    process started there meanwhile (a second `serve`, a `relay`) uses them as they run,
+    instead of stopping them as the leftovers of a killed run."""
     with contextlib.ExitStack() as stack:
         database_url = settings.database_url
         nats_url = settings.nats_url
         data_dir = Path(settings.data_dir)
+        if (database_url is None or nats_url is None) and not _own(stack, data_dir):
+            database_url = database_url or EmbeddedPostgres.running_url(data_dir / "postgres")
+            nats_url = nats_url or EmbeddedNats.running_url(data_dir / "nats")
+            if database_url is None or nats_url is None:
+                raise ServersUnavailable(f"another erp process owns the embedded servers of {data_dir}, "
+                                         "and they are not running (yet): try again in a moment")
+            log.info("using the embedded servers of another erp process", data=str(data_dir))
+            yield Endpoints(database_url, nats_url)
+            return
         if database_url is None:
             postgres = stack.enter_context(EmbeddedPostgres(data_dir / "postgres", durable=durable))
             database_url = postgres.url
@@ -91,6 +108,18 @@ def servers(settings: Settings, *, durable: bool = True) -> Iterator[Endpoints]:
             nats_url = nats_server.url
             log.info("embedded nats-server started", url=nats_url, data=str(nats_server.data_dir))
         yield Endpoints(database_url, nats_url)
+
+
+def _own(stack: contextlib.ExitStack, data_dir: Path) -> bool:
+    """Whether this process now owns `data_dir`'s embedded servers (until `stack` closes);
+    the lock goes with the process, so a killed owner's leftovers are stopped by the next."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = stack.enter_context((data_dir / "embedded-servers.lock").open("a"))
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @dataclass

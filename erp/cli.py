@@ -8,24 +8,61 @@ import signal
 import uuid
 
 import click
+import nats.errors
+import nats.js.errors
+import psycopg
+import pydantic
 import structlog
 import uvloop
+from eventsourcing import persistence
+from pydantic_settings import SettingsError
 
 from aggregates.errors import InvalidValue
-from erp import api_keys, logs
-from erp.bootstrap import Endpoints, Service, servers
+from erp import api_keys, credentials, logs
+from erp.bootstrap import Endpoints, ServersUnavailable, Service, servers
 from erp.cli_dead_letters import dead_letters
 from erp.cli_events import events, projections
 from erp.cli_secrets import database_url, on_database, secrets
 from erp.commands import NothingChanged, tenancy
 from erp.eventstore import EventMetadata, close_store, store_for
-from erp.identity import ALL_SCOPES, ROLE_SCOPES, dev_private_key, mint
+from erp.identity import ALL_SCOPES, ROLE_SCOPES, MisconfiguredTokens, dev_private_key, mint
 from erp.settings import Settings
+from projections.rebuild import StreamTooShort
 
 log = structlog.get_logger("erp")
 
 
-@click.group(help="ERP service. Configuration: ERP_* environment variables (see README).")
+def _one_line(error: Exception) -> str | None:
+    """What an operator is told of an error that is the setup's, not the code's: the setting,
+    the server that cannot be reached, the missing stream; None for anything else."""
+    if isinstance(error, pydantic.ValidationError):
+        return "; ".join(f"ERP_{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg']}"
+                         for e in error.errors())
+    if isinstance(error, psycopg.OperationalError | persistence.OperationalError):
+        first = (str(error).strip() or repr(error)).splitlines()[0]
+        return f"cannot reach PostgreSQL: {first}"
+    if isinstance(error, nats.js.errors.NotFoundError):
+        return f"NATS: not found ({error.description or 'stream or consumer'})"
+    if isinstance(error, nats.errors.Error):
+        return f"NATS: {error}"
+    if isinstance(error, SettingsError | ServersUnavailable | credentials.CredentialError
+                  | MisconfiguredTokens | StreamTooShort):
+        return str(error)
+    return None
+
+
+class _Commands(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except Exception as error:
+            told = _one_line(error)
+            if told is None:
+                raise
+            raise click.ClickException(told) from None
+
+
+@click.group(cls=_Commands, help="ERP service. Configuration: ERP_* environment variables (see README).")
 def main() -> None:
     pass
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -122,9 +124,24 @@ def nats_url(settings: Settings) -> str:
     """ERP_NATS_URL, or the embedded nats-server of an `erp serve` running on this data folder."""
     url = settings.nats_url or EmbeddedNats.running_url(settings.data_dir / "nats")
     if url is None:
-        raise click.UsageError("ERP_NATS_URL must point at the service's NATS (or run `erp serve` "
-                               "on embedded servers from this folder first)")
+        raise click.ClickException("ERP_NATS_URL must point at the service's NATS (or run `erp serve` "
+                                   "on embedded servers from this folder first)")
     return url
+
+
+async def connect_once(url: str) -> NATS:
+    """A connection for one command: refused within seconds, with one line saying so, when NATS
+    cannot be reached, instead of retrying (a service's connection retries for ever)."""
+    async def quiet(_: Exception) -> None:
+        pass
+
+    try:
+        client: NATS = await nats.connect(server_urls(url), allow_reconnect=False, connect_timeout=3,
+                                          max_reconnect_attempts=1, error_cb=quiet)
+    except (nats.errors.Error, OSError, TimeoutError) as error:
+        shown = re.sub(r"//[^/@]*@", "//", url)  # without a user and password
+        raise click.ClickException(f"cannot reach NATS at {shown}: {error}") from None
+    return client
 
 
 def _run(work: Callable[[JetStreamContext, str], Awaitable[T]]) -> T:
@@ -132,7 +149,7 @@ def _run(work: Callable[[JetStreamContext, str], Awaitable[T]]) -> T:
     url = nats_url(settings)
 
     async def run() -> T:
-        nc = await nats.connect(server_urls(url))
+        nc = await connect_once(url)
         try:
             return await work(nc.jetstream(), settings.dead_letter_stream)
         finally:

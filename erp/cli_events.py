@@ -17,13 +17,11 @@ import uvloop
 from nats.js.api import DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
-import nats
-from erp.cli_dead_letters import nats_url
+from erp.cli_dead_letters import connect_once, nats_url
 from erp.cli_secrets import database_url
 from erp.eventstore import ErpEventStore, close_store, event_metadata, store_for
 from erp.settings import Settings
 from streams import envelope as env
-from streams.jetstream import server_urls
 from streams.relay import to_message
 
 _HIDDEN = frozenset({"originator_id", "originator_version", "originator_topic", "timestamp", "metadata"})
@@ -84,7 +82,7 @@ def tail(event_type: str | None, tenant: str | None, limit: int | None) -> None:
     settings = Settings()
 
     async def follow() -> None:
-        nc = await nats.connect(server_urls(nats_url(settings)))
+        nc = await connect_once(nats_url(settings))
         shown = 0
         done = asyncio.Event()
 
@@ -193,7 +191,7 @@ def rebuild_command(names: tuple[str, ...], everything: bool, from_stream: bool,
         if not from_stream:
             return await rebuild_many(url, EventStoreSource(store, url), chosen, progress=report,
                                       interrupted=mode)
-        nc = await nats.connect(server_urls(nats_url(settings)))
+        nc = await connect_once(nats_url(settings))
         try:
             source = StreamSource(nc.jetstream(), settings.stream)
             return await rebuild_many(url, source, chosen, progress=report, interrupted=mode)
@@ -242,7 +240,7 @@ def replay(name: str, from_position: int, to_position: int | None, event_types: 
         return
 
     async def publish() -> None:
-        nc = await nats.connect(server_urls(nats_url(settings)))
+        nc = await connect_once(nats_url(settings))
         try:
             js = nc.jetstream()
             await _ensure_replay_stream(js)
@@ -266,7 +264,7 @@ def recover_stream(yes: bool) -> None:
     url = database_url(settings)
 
     async def run() -> None:
-        nc = await nats.connect(server_urls(nats_url(settings)))
+        nc = await connect_once(nats_url(settings))
         try:
             problem = await diagnose(nc, url, settings.stream)
             if problem is None:

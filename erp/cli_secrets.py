@@ -106,8 +106,8 @@ def database_url(settings: Settings) -> str:
     """ERP_DATABASE_URL, or the embedded PostgreSQL of an `erp serve` running on this data folder."""
     url = settings.database_url or EmbeddedPostgres.running_url(settings.data_dir / "postgres")
     if url is None:
-        raise click.UsageError("ERP_DATABASE_URL must point at the service's database (or run "
-                               "`erp serve` on embedded servers from this folder first)")
+        raise click.ClickException("ERP_DATABASE_URL must point at the service's database (or run "
+                                   "`erp serve` on embedded servers from this folder first)")
     return url
 
 

@@ -85,6 +85,10 @@ class Read:
     payload: Callable[[], bytes]
 
 
+class StreamTooShort(RuntimeError):
+    """The stream no longer holds the events a rebuild from it needs."""
+
+
 @dataclass(frozen=True)
 class End:
     """Where a rebuild reads up to: the last event's stream sequence and log position."""
@@ -210,8 +214,8 @@ class StreamSource:
             return
         first = (await self._js.stream_info(self._stream)).state.first_seq
         if first > after + 1:
-            raise RuntimeError(f"stream {self._stream} no longer holds sequences {after + 1}..{first - 1}: "
-                               "rebuild from the event store")
+            raise StreamTooShort(f"stream {self._stream} no longer holds sequences {after + 1}..{first - 1}: "
+                                 "rebuild from the event store")
         arrived: asyncio.Queue[Msg] = asyncio.Queue(maxsize=2 * size)
 
         async def on_message(msg: Msg) -> None:

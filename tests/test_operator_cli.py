@@ -217,3 +217,22 @@ async def test_the_subscriber_terminates_a_malformed_event_and_carries_on(
         async with asyncio.timeout(20):
             await erp.run(until=lambda: erp.handled + erp.refused >= 2)
     assert seen == [oid] and erp.refused == 1
+
+
+def test_setup_errors_are_one_line_each_and_fail_fast() -> None:
+    """An unreachable server, a bad setting or a missing server: a line saying which, exit 1,
+    within seconds (the service's own NATS connection retries for ever; a command must not)."""
+    unreachable = {"ERP_DATABASE_URL": "postgresql://erp@127.0.0.1:1/erp",
+                   "ERP_NATS_URL": "nats://u:pw@127.0.0.1:1"}
+    cases = [
+        (["dead-letters", "list"], unreachable, "cannot reach NATS at nats://127.0.0.1:1"),
+        (["projections", "status"], unreachable, "cannot reach PostgreSQL"),
+        (["projections", "status"], {**unreachable, "ERP_STREAM_REPLICAS": "abc"},
+         "ERP_STREAM_REPLICAS: Input"),
+    ]
+    for args, env, said in cases:
+        started = time.monotonic()
+        result = CliRunner().invoke(main, args, env=env)
+        assert (result.exit_code, isinstance(result.exception, SystemExit)) == (1, True), result.output
+        assert said in result.output and "Traceback" not in result.output and "pw" not in result.output
+        assert time.monotonic() - started < 15, args
