@@ -57,6 +57,9 @@ def show(aggregate_id: UUID, version: int | None, at: datetime | None) -> None:
                 raise click.ClickException(f"{aggregate_id} did not exist yet at {moment.isoformat()}")
             version = earlier[-1]
         if version is not None:
+            last = history[-1].originator_version
+            if version > last:
+                raise click.ClickException(f"{aggregate_id} has {last} versions, not {version}")
             click.echo(f"state at v{version}: {_json(_state(store, aggregate_id, version))}")
     finally:
         close_store(store)
@@ -89,8 +92,8 @@ def tail(event_type: str | None, tenant: str | None, limit: int | None) -> None:
         async def each(msg: Any) -> None:
             nonlocal shown
             body = json.loads(msg.data)
-            if tenant is not None and body.get("tenant_id") != tenant:
-                return
+            if done.is_set() or (tenant is not None and body.get("tenant_id") != tenant):
+                return  # past the limit: messages already on their way are not shown
             click.echo(f"{msg.metadata.sequence.stream}  {body['timestamp']}  {msg.subject}  "
                        f"{body['tenant_id']}  {_json(body['data'])}")
             shown += 1
@@ -147,15 +150,16 @@ projections.command("list", help="The same as status.")(_status)
 @click.argument("names", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Every projection.")
 @click.option("--from-stream", is_flag=True, help="Read the JetStream stream instead of the event store.")
-@click.option("--resume", "interrupted", flag_value="resume", help="Resume an interrupted rebuild.")
-@click.option("--discard", "interrupted", flag_value="discard", help="Discard an interrupted rebuild.")
+@click.option("--resume", is_flag=True, help="Resume an interrupted rebuild.")
+@click.option("--discard", is_flag=True, help="Discard an interrupted rebuild and start again.")
 def rebuild_command(names: tuple[str, ...], everything: bool, from_stream: bool,
-                    interrupted: str | None) -> None:
+                    resume: bool, discard: bool) -> None:
     from erp.bootstrap import all_projections
     from projections.rebuild import (
         EventStoreSource,
         Interrupted,
         InterruptedRebuild,
+        RebuildRunning,
         StreamSource,
         rebuild_many,
     )
@@ -166,13 +170,15 @@ def rebuild_command(names: tuple[str, ...], everything: bool, from_stream: bool,
     unknown = sorted(set(names) - set(known))
     if unknown:
         raise click.UsageError(f"unknown projections {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if len(set(names)) < len(names):
+        raise click.UsageError(f"a projection named twice: {' '.join(names)}")
+    if resume and discard:
+        raise click.UsageError("--resume or --discard, not both")
     settings = Settings()
     url = database_url(settings)
     store = store_for(url, 2)
 
-    mode: Interrupted = "refuse"
-    if interrupted in ("resume", "discard"):
-        mode = "resume" if interrupted == "resume" else "discard"
+    mode: Interrupted = "resume" if resume else "discard" if discard else "refuse"
 
     chosen = [known[name] for name in (sorted(known) if everything else names)]
     label = ", ".join(p.name for p in chosen)
@@ -201,8 +207,8 @@ def rebuild_command(names: tuple[str, ...], everything: bool, from_stream: bool,
     try:
         try:
             rebuilt = uvloop.run(run())
-        except InterruptedRebuild as error:
-            raise click.ClickException(f"{error} (--resume or --discard)") from None
+        except (InterruptedRebuild, RebuildRunning) as error:
+            raise click.ClickException(str(error)) from None
         if sys.stdout.isatty():
             click.echo()
         for done in rebuilt:

@@ -57,9 +57,16 @@ COLLECT_EVERY = 500_000  # events between two runs of the cycle collector during
 
 
 class InterruptedRebuild(Exception):
-    def __init__(self, name: str, source: str, position: int) -> None:
-        super().__init__(f"an interrupted rebuild of {name} (from the {source}) reached position {position}: "
-                         "resume it or discard it")
+    def __init__(self, name: str, source: str, position: int, *, resuming_from: str | None = None) -> None:
+        found = f"an interrupted rebuild of {name} (from the {source}) reached position {position}"
+        super().__init__(f"{found}: it resumes from the {source} only; discard it (--discard) to rebuild "
+                         f"from the {resuming_from}" if resuming_from
+                         else f"{found}: resume it (--resume) or discard it (--discard)")
+
+
+class RebuildRunning(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a rebuild of {name} is running (another process): wait for it to end")
 
 
 @dataclass(frozen=True)
@@ -296,20 +303,26 @@ async def rebuild_many(database_url: str, source: Source, projections: Sequence[
     decoded only for a projection that reads it; each projection applies its batches on
     its own connection, at the same time as the others."""
     started = time.perf_counter()
+    if len({p.name for p in projections}) < len(projections):
+        raise ValueError(f"a projection named twice: {', '.join(p.name for p in projections)}")
     async with contextlib.AsyncExitStack() as stack:
-        targets = []
-        for projection in projections:
-            conn = await stack.enter_async_context(
-                await psycopg.AsyncConnection.connect(database_url, autocommit=True))
-            schema = f"rebuild_{projection.name}"
-            seq, position = await _prepare(conn, schema, projection, source, interrupted)
-            await conn.execute(f"SET search_path TO {schema}, public")  # other tables read as live
-            # A batch commits with its progress: after a crash the rebuild resumes from the last
-            # batch that survived, so it need not wait for the disk.
-            await conn.execute("SET synchronous_commit TO off")
-            await conn.execute(FOR_ROW_SETS)
-            targets.append(_Target(projection, conn, seq, position))
-        end = await source.end()
+        targets: list[_Target] = []
+        try:
+            for projection in projections:
+                conn = await stack.enter_async_context(
+                    await psycopg.AsyncConnection.connect(database_url, autocommit=True))
+                schema = f"rebuild_{projection.name}"
+                seq, position = await _prepare(conn, schema, projection, source, interrupted)
+                await conn.execute(f"SET search_path TO {schema}, public")  # other tables read as live
+                # A batch commits with its progress: after a crash the rebuild resumes from the last
+                # batch that survived, so it need not wait for the disk.
+                await conn.execute("SET synchronous_commit TO off")
+                await conn.execute(FOR_ROW_SETS)
+                targets.append(_Target(projection, conn, seq, position))
+            end = await source.end()
+        except BaseException:
+            await _leave_no_empty_rebuilds(targets)
+            raise
         applying: asyncio.Future[Any] | None = None  # the batch PostgreSQL is applying
 
         async def applied() -> None:
@@ -337,6 +350,9 @@ async def rebuild_many(database_url: str, source: Source, projections: Sequence[
                 await applied()
                 applying = asyncio.gather(*(t.apply(mine) for t, mine in work))
             await applied()
+        except BaseException:
+            await _leave_no_empty_rebuilds(targets)
+            raise
         finally:
             if collecting:
                 gc.enable()
@@ -354,6 +370,15 @@ async def rebuild_many(database_url: str, source: Source, projections: Sequence[
     return [Rebuilt(t.projection.name, t.read, t.position, seconds) for t in targets]
 
 
+async def _leave_no_empty_rebuilds(targets: Sequence[_Target]) -> None:
+    """A rebuild that failed before applying anything (the stream no longer holds its start, a
+    projection's rebuild already running) leaves nothing to resume: no interrupted rebuild."""
+    for target in targets:
+        if target.seq == 0:
+            with contextlib.suppress(psycopg.Error):
+                await target.conn.execute(f"DROP SCHEMA IF EXISTS {target.schema} CASCADE")
+
+
 async def in_progress(conn: psycopg.AsyncConnection[Any], name: str) -> tuple[str, int] | None:
     """An interrupted rebuild of the projection: its source and the position it reached."""
     cur = await conn.execute("SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s",
@@ -367,13 +392,18 @@ async def in_progress(conn: psycopg.AsyncConnection[Any], name: str) -> tuple[st
 
 async def _prepare(conn: psycopg.AsyncConnection[Any], schema: str, projection: Projection, source: Source,
                    interrupted: Interrupted) -> tuple[int, int]:
-    """A fresh rebuild schema, or the interrupted one to resume: where to start from."""
+    """A fresh rebuild schema, or the interrupted one to resume: where to start from. Holds
+    the projection's rebuild lock for as long as `conn` is open (one rebuild at a time)."""
+    cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext('erp-rebuild'), hashtext(%s))",
+                             (projection.name,))
+    if not (await cur.fetchone() or (False,))[0]:
+        raise RebuildRunning(projection.name)
     found = await in_progress(conn, projection.name)
     if found is not None and interrupted == "refuse":
         raise InterruptedRebuild(projection.name, *found)
     if found is not None and interrupted == "resume":
         if found[0] != source.name:
-            raise InterruptedRebuild(projection.name, *found)
+            raise InterruptedRebuild(projection.name, *found, resuming_from=source.name)
         await conn.execute(f"ALTER TABLE {schema}.{PROGRESS_TABLE} "  # left by a version without it
                            "ADD COLUMN IF NOT EXISTS deferred_indexes text[] NOT NULL DEFAULT '{{}}'")
         cur = await conn.execute(f"SELECT stream_seq, log_position FROM {schema}.{PROGRESS_TABLE}")

@@ -240,7 +240,16 @@ async def test_an_interrupted_rebuild_is_resumed_or_discarded(
     status = (await asyncio.to_thread(cli, service, "projections", "status")).output
     assert "payroll" in status and "rebuild from the event store interrupted at 5" in status
     refused = await asyncio.to_thread(cli, service, "projections", "rebuild", "payroll")
-    assert refused.exit_code == 1 and "--resume or --discard" in refused.output
+    assert refused.exit_code == 1 and "resume it (--resume) or discard it (--discard)" in refused.output
+    elsewhere = await asyncio.to_thread(cli, service, "projections", "rebuild", "payroll", "--from-stream",
+                                        "--resume")
+    assert elsewhere.exit_code == 1, elsewhere.output
+    assert "resumes from the event store only; discard it (--discard) to rebuild from the stream" in \
+        elsewhere.output
+    both = await asyncio.to_thread(cli, service, "projections", "rebuild", "payroll", "--resume", "--discard")
+    assert both.exit_code == 2 and "not both" in both.output
+    twice = await asyncio.to_thread(cli, service, "projections", "rebuild", "payroll", "payroll")
+    assert twice.exit_code == 2 and "named twice" in twice.output
 
     resumed = await asyncio.to_thread(cli, service, "projections", "rebuild", "payroll", "--resume")
     assert resumed.exit_code == 0, resumed.output
@@ -257,6 +266,22 @@ async def test_an_interrupted_rebuild_is_resumed_or_discarded(
     await caught_up(service)
     assert await rows(service) == live
     assert "interrupted" not in (await asyncio.to_thread(cli, service, "projections", "list")).output
+
+
+async def test_one_rebuild_of_a_projection_at_a_time_and_a_refused_one_leaves_nothing(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    await build_history(client)
+    await caught_up(service)
+    url = service.endpoints.database_url
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as other:
+        await other.execute("SELECT pg_advisory_lock(hashtext('erp-rebuild'), hashtext('payroll'))")
+        running = await asyncio.to_thread(cli, service, "projections", "rebuild", "opportunities", "payroll")
+    assert running.exit_code == 1 and "a rebuild of payroll is running" in running.output, running.output
+    status = (await asyncio.to_thread(cli, service, "projections", "status")).output
+    assert "interrupted" not in status, status  # the opportunities' fresh schema is gone too
+    after = await asyncio.to_thread(cli, service, "projections", "rebuild", "opportunities", "payroll")
+    assert after.exit_code == 0, after.output
 
 
 def store_source(service: Service) -> EventStoreSource:
