@@ -223,7 +223,8 @@ def rebuild_command(names: tuple[str, ...], everything: bool, from_stream: bool,
 @click.option("--name", required=True, help="The replay's name: subjects become replay.<name>.erp.…")
 @click.option("--from-position", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--to-position", type=click.IntRange(min=1), help="Inclusive; default: the end of the log.")
-@click.option("--type", "event_types", multiple=True, help="Only these event types (repeat).")
+@click.option("--type", "event_types", multiple=True,
+              help="Only these event types (repeat; wildcards: erp.payroll.*, erp.>).")
 @click.option("--tenant", help="Only this tenant's events.")
 @click.option("--aggregate", "aggregate_id", type=click.UUID, help="Only this aggregate's events.")
 @click.option("--since", type=_MOMENT, help="Only events at or after this time (ISO 8601; UTC by default).")
@@ -234,10 +235,11 @@ def replay(name: str, from_position: int, to_position: int | None, event_types: 
            dry_run: bool) -> None:
     if not name.replace("-", "").replace("_", "").isalnum():
         raise click.UsageError("--name: letters, digits, - and _ only")
+    types = _known_types(event_types)
     settings = Settings()
     store = store_for(database_url(settings), 1)
     try:
-        chosen = list(selected_messages(store, from_position, to_position, set(event_types), tenant,
+        chosen = list(selected_messages(store, from_position, to_position, types, tenant,
                                         aggregate_id, (_utc(since), _utc(until))))
     finally:
         close_store(store)
@@ -310,6 +312,29 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` is any one token, a final `>` one or more."""
+    tokens, wanted = subject.split("."), pattern.split(".")
+    for i, token in enumerate(wanted):
+        if token == ">" and i == len(wanted) - 1:
+            return len(tokens) > i
+        if i >= len(tokens) or token not in ("*", tokens[i]):
+            return False
+    return len(tokens) == len(wanted)
+
+
+def _known_types(patterns: tuple[str, ...]) -> set[str]:
+    """The patterns, each matching some event type of the catalogue (else a usage error)."""
+    from streams.catalogue import PUBLICATIONS
+
+    subjects = {publication.subject for publication in PUBLICATIONS.values()}
+    for pattern in patterns:
+        if not any(subject_matches(pattern, subject) for subject in subjects):
+            raise click.UsageError(f"--type {pattern}: no event type matches it (e.g. erp.opportunity.won, "
+                                   "erp.payroll.*; the catalogue: GET /asyncapi.json)")
+    return set(patterns)
+
+
 def selected_messages(store: ErpEventStore, start: int, stop: int | None, types: set[str], tenant: str | None,
                       aggregate_id: UUID | None,
                       between: tuple[datetime | None, datetime | None] = (None, None)) -> Any:
@@ -324,7 +349,7 @@ def selected_messages(store: ErpEventStore, start: int, stop: int | None, types:
             if aggregate_id is not None and notification.originator_id != aggregate_id:
                 continue
             message = to_message(store, vars(notification) | {"notification_id": notification.id})
-            if types and message.subject not in types:
+            if types and not any(subject_matches(pattern, message.subject) for pattern in types):
                 continue
             if tenant is not None or since is not None or until is not None:
                 body = json.loads(message.payload)

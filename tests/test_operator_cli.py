@@ -113,6 +113,16 @@ async def test_replay_by_range_to_a_prefix_delivers_exactly_that_range(
     window = ("--name", "crm-fix", "--from-position", str(low), "--to-position", str(high))
     counted = await asyncio.to_thread(erp, service, "events", "replay", *window, "--dry-run")
     assert "would replay 3 events" in counted.output
+    for wildcard in ("erp.opportunity.*", "erp.>"):
+        matched = await asyncio.to_thread(erp, service, "events", "replay", *window, "--type", wildcard,
+                                          "--dry-run")
+        assert "would replay 3 events" in matched.output, wildcard
+    none = await asyncio.to_thread(erp, service, "events", "replay", *window, "--type", "erp.opportunity.won",
+                                   "--dry-run")
+    assert "would replay 0 events" in none.output
+    env = {"ERP_DATABASE_URL": service.endpoints.database_url, "ERP_NATS_URL": service.endpoints.nats_url}
+    typo = CliRunner().invoke(main, ["events", "replay", *window, "--type", "erp.oportunity.opened"], env=env)
+    assert typo.exit_code == 2 and "no event type matches it" in typo.output
     await asyncio.to_thread(erp, service, "events", "replay", *window, "--type", "erp.opportunity.opened")
     info = await js.stream_info("ERP_REPLAY")
     replayed = [await js.get_msg("ERP_REPLAY", seq) for seq in range(info.state.first_seq,
