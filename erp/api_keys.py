@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from aggregates.tenant_settings import valid_tenant_id
 from erp import schema
 from erp.identity import ALL_SCOPES
 from projections.tenancy import API_ROLE, ensure_api_role
@@ -78,7 +79,10 @@ async def create(conn: psycopg.AsyncConnection[Any], owner: str, scopes: list[st
                  tenant_id: str | None = None) -> tuple[str, ApiKey]:
     """A new key for `owner`: answers the full key (shown once, never stored) and its record."""
     if not _OWNER.match(owner):
-        raise InvalidKeyRequest(f"owner {owner!r} must be a service name: lower-case letters, digits, -")
+        raise InvalidKeyRequest(f"owner {owner!r} must be a service name: 2-63 of lower-case letters, "
+                                "digits and -, starting with a letter")
+    if tenant_id is not None and not valid_tenant_id(tenant_id):
+        raise InvalidKeyRequest(f"tenant {tenant_id!r}: 1-128 of letters, digits and . _ : -")
     unknown = sorted(set(scopes) - ALL_SCOPES)
     if unknown or not scopes:
         raise InvalidKeyRequest(f"unknown scopes {unknown or '(none given)'}; known: "

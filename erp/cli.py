@@ -122,7 +122,8 @@ def dev_token(tenant: str, roles: tuple[str, ...], subject: str, ttl: int) -> No
     click.echo(mint(key, tenant_id=tenant, subject=subject, roles=roles, ttl_seconds=ttl))
 
 
-@main.group("api-keys", help="Service-to-service API keys (needs ERP_DATABASE_URL).")
+@main.group("api-keys", help="Service-to-service API keys (ERP_DATABASE_URL, or the embedded servers of an "
+                             "`erp serve` running from this folder).")
 def api_keys_group() -> None:
     pass
 

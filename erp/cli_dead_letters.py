@@ -21,7 +21,7 @@ from nats.js.errors import NotFoundError
 import nats
 from erp.embedded import EmbeddedNats
 from erp.settings import Settings
-from streams.inbound import DLQ_ATTEMPTS, DLQ_CONSUMER, DLQ_ERROR, DLQ_STREAM_SEQ, DLQ_SUBJECT
+from streams.inbound import DLQ_ATTEMPTS, DLQ_CONSUMER, DLQ_ERROR, DLQ_STREAM, DLQ_STREAM_SEQ, DLQ_SUBJECT
 from streams.jetstream import server_urls
 
 T = TypeVar("T")
@@ -80,8 +80,9 @@ def replay(seqs: tuple[int, ...], everything: bool, consumer: str | None) -> Non
                 continue
             ack = await js.publish(subject, msg.data)
             await js.delete_msg(stream, seq)
+            headers = msg.headers or {}
             click.echo(f"replayed {seq} to {subject} (stream {ack.stream} seq {ack.seq}); "
-                       f"it was {stream} seq {(msg.headers or {}).get(DLQ_STREAM_SEQ)}")
+                       f"first delivered from {headers.get(DLQ_STREAM)} seq {headers.get(DLQ_STREAM_SEQ)}")
 
     _run(work)
 

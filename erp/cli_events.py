@@ -282,7 +282,7 @@ def recover_stream(yes: bool) -> None:
             if not yes:
                 click.echo("run again with --yes to recreate it and republish every stored event "
                            "(consumers of the stream are deleted with it)")
-                return
+                raise SystemExit(1)  # not whole: a script or a check must see it
             store = store_for(url, 2)
             try:
                 def report(done: int, total: int) -> None:

@@ -26,8 +26,8 @@ Work = Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
 
 
 @click.group(help="Tier-1 credentials and service keys, encrypted at rest (developers and "
-                  "superusers). Needs ERP_DATABASE_URL, and ERP_SECRET_KEYS or "
-                  "ERP_SECRET_KEYS_FILE to set or rotate.")
+                  "superusers). Uses ERP_DATABASE_URL (or the embedded servers of an `erp serve` "
+                  "running from this folder); ERP_SECRET_KEYS or ERP_SECRET_KEYS_FILE to set or rotate.")
 def secrets() -> None:
     pass
 

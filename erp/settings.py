@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -29,7 +34,8 @@ class Settings(BaseSettings):
     )
     stream: str = Field(default="ERP", description="JetStream stream the relay writes.")
     stream_replicas: int = Field(default=1, ge=1, le=5)
-    log_level: str = Field(default="info")
+    log_level: Annotated[Literal["debug", "info", "warning", "error", "critical"],
+                         BeforeValidator(_lower)] = "info"
     log_json: bool = Field(default=True, description="JSON logs (false: console).")
 
     run_relay: bool = Field(default=True, description="Take part in relay leadership.")

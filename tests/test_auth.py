@@ -243,6 +243,11 @@ def test_unknown_scopes_or_owners_are_refused_by_the_cli(database_url: str) -> N
     result = CliRunner().invoke(main, ["api-keys", "create", "treasury", "--scope", "everything"],
                                 env={"ERP_DATABASE_URL": database_url})
     assert result.exit_code != 0 and "unknown scopes ['everything']" in result.output
+    for args, said in ((["x", "--scope", "crm:read"], "2-63 of lower-case letters"),
+                       (["svc", "--scope", "crm:read", "--tenant", "bad tenant!"], "tenant 'bad tenant!'")):
+        refused = CliRunner().invoke(main, ["api-keys", "create", *args],
+                                     env={"ERP_DATABASE_URL": database_url})
+        assert refused.exit_code == 2 and said in refused.output, refused.output
 
 
 # Keys of the auth service: JWKS, public key file, development key

@@ -134,6 +134,7 @@ async def test_a_poison_event_is_parked_later_ones_flow_and_a_replayed_one_is_ha
     replayed = await asyncio.to_thread(CliRunner().invoke, main,
                                        ["dead-letters", "replay", str(info.state.first_seq)], env=env)
     assert replayed.exit_code == 0, replayed.output
+    assert "first delivered from TREASURY seq 1" in replayed.output, replayed.output
     seen = await read(client, f"{OPPORTUNITIES}/{opportunity}", lambda b: b["invoice_id"])
     assert seen["invoice_id"] == "INV-1"
     await js.publish("treasury.invoice.created", early)  # and once more: still one link

@@ -170,8 +170,10 @@ async def test_a_purged_stream_is_recovered_from_the_event_store(
     assert "is whole" in (await asyncio.to_thread(erp, service, "events", "recover-stream")).output
     await js.purge_stream("ERP")
 
-    diagnosed = (await asyncio.to_thread(erp, service, "events", "recover-stream")).output
-    assert "holds no event of the relay" in diagnosed and "--yes" in diagnosed
+    env = {"ERP_DATABASE_URL": service.endpoints.database_url, "ERP_NATS_URL": service.endpoints.nats_url}
+    broken = await asyncio.to_thread(CliRunner().invoke, main, ["events", "recover-stream"], env=env)
+    diagnosed = broken.output
+    assert broken.exit_code == 1 and "holds no event of the relay" in diagnosed and "--yes" in diagnosed
     assert (await js.stream_info("ERP")).state.messages == 0  # nothing done without --yes
     recovered = (await asyncio.to_thread(erp, service, "events", "recover-stream", "--yes")).output
     total = last["log_position"] - 20
