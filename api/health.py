@@ -22,7 +22,8 @@ async def readyz(request: Request) -> Response:
     """Ready while PostgreSQL answers. NATS down only delays publishing (events wait in the
     event store and the relay drains them after), so it is reported ("degraded") but does
     not take the instance out of a load balancer: that would turn a broker outage into an
-    outage of every instance's API at once."""
+    outage of every instance's API at once. So is a role of this instance (the relay, the
+    projectors) that failed in the last 30 s: `failing` names it and says why."""
     service = request.app.state.service
     checks: dict[str, str] = {}
     try:
@@ -33,10 +34,11 @@ async def readyz(request: Request) -> Response:
     except Exception as error:
         checks["postgresql"] = f"unreachable: {type(error).__name__}"
     checks["nats"] = "ok" if service.nc.is_connected else "unreachable"
+    failing = service.failing()
     ready = checks["postgresql"] == "ok"
-    status = "not ready" if not ready else "ready" if checks["nats"] == "ok" else "degraded"
+    status = "not ready" if not ready else "ready" if checks["nats"] == "ok" and not failing else "degraded"
     return JSON({"status": status, "checks": checks,
-                 "leading": sorted(service.leading),
+                 "leading": sorted(service.leading), "failing": failing,
                  "inbound": [{"consumer": c.durable, "handled": c.handled, "parked": c.terminated,
                               "pending": c.pending} for c in service.inbound],
                  "peers": service.peer_policy.health()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,11 @@ async def ensure_schemas(conn: psycopg.AsyncConnection[Any]) -> None:
         await schema.apply_once(conn, "webhooks", webhooks.DDL)
     await isolate_tenants(conn)
     await api_keys.ensure_schema(conn)
+
+
+# A role that keeps failing retries every few seconds (streams/leadership.py); one that has
+# not failed for this long is no longer reported as failing.
+FAILING_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,9 @@ class Service:
     inbound_subscriptions: dict[str, list[Subscription]] = field(init=False, default_factory=dict)
     projectors: list[ProjectorRunner] = field(init=False, default_factory=list)
     leading: set[str] = field(init=False, default_factory=set)
+    # role -> (when it last failed, monotonic; why): a role failing again and again is the
+    # service's to report (`failing`), though the API still serves
+    role_failures: dict[str, tuple[float, str]] = field(init=False, default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
     async def start(self) -> None:
@@ -217,7 +226,7 @@ class Service:
                 ack_timeout_seconds=s.publish_ack_timeout_seconds,
             )
             self._spawn("relay", lead(url, f"relay:{s.stream}", self.relay.run,
-                                      on_change=self._leading("relay")))
+                                      on_change=self._leading("relay"), on_failure=self._failed("relay")))
             self._spawn("idempotency-purge", idempotency.purge_expired_forever(self.owner_pool,
                                                                                s.idempotency_key_hours))
         if s.run_projectors:
@@ -226,7 +235,19 @@ class Service:
             group = ProjectorGroup(self.projectors, url, self.js, s.stream, batch_size=s.projector_batch_size)
             roles = [f"projector:{runner.projection.name}" for runner in self.projectors]
             self._spawn("projectors", lead(url, f"projectors:{s.stream}", group.run,
-                                           on_change=self._leading(*roles)))
+                                           on_change=self._leading(*roles),
+                                           on_failure=self._failed("projectors")))
+
+    def failing(self, within_seconds: float = FAILING_SECONDS) -> dict[str, str]:
+        """The roles that failed in the last `within_seconds`, and why (the last error)."""
+        now = time.monotonic()
+        return {role: why for role, (at, why) in sorted(self.role_failures.items())
+                if now - at < within_seconds}
+
+    def _failed(self, role: str) -> Any:
+        def failed(why: str) -> None:
+            self.role_failures[role] = (time.monotonic(), why)
+        return failed
 
     def _leading(self, *roles: str) -> Any:
         def changed(leading: bool) -> None:

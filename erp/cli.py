@@ -237,6 +237,10 @@ def integrations_health(url: str) -> None:
     except (httpx.HTTPError, ValueError) as error:
         raise click.ClickException(f"{url}: {error}") from None
     click.echo(f"service: {ready['status']} ({', '.join(f'{k} {v}' for k, v in ready['checks'].items())})")
+    leading = ", ".join(ready.get("leading", [])) or "nothing (another instance leads, or none)"
+    click.echo(f"leading: {leading}")
+    for role, why in ready.get("failing", {}).items():
+        click.echo(f"failing: {role}: {why}")
     for peer in ready.get("peers", []):
         click.echo(f"peer {peer['peer']}: {peer['state']}, {peer['consecutive_failures']} failures in a row"
                    + (f", last error: {peer['last_error']}" if peer.get("last_error") else ""))

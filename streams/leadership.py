@@ -56,10 +56,12 @@ async def lead(
     work: Callable[[], Awaitable[None]],
     *,
     on_change: Callable[[bool], None] | None = None,
+    on_failure: Callable[[str], None] | None = None,
 ) -> None:
     """Runs `work` whenever this instance holds the role's lock, for ever.
 
-    `work` restarts (after a pause) when it fails; it is cancelled when the lock is lost.
+    `work` restarts (after a pause) when it fails (`on_failure` is told why); it is
+    cancelled when the lock is lost.
     """
     key = lock_key(role)
     pause = RETRY_SECONDS
@@ -83,6 +85,8 @@ async def lead(
             raise
         except Exception as error:
             log.warning("role stopped; retrying", role=role, error=repr(error), in_seconds=pause)
+            if on_failure:
+                on_failure(repr(error))
         await asyncio.sleep(pause)
         pause = min(pause * 2, MAX_RETRY_SECONDS)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 import yaml
@@ -54,6 +55,21 @@ async def test_readiness_details_consumers_and_peers(client: httpx.AsyncClient) 
     assert {c["consumer"] for c in ready["inbound"]} == {
         "erp-auth", "erp-treasury", "erp-inventory", "erp-logistics", "erp-pos", "erp-iot", "erp-projects"}
     assert ready["peers"] == []  # no peer called by this process yet
+
+
+async def test_a_role_that_keeps_failing_makes_the_service_degraded(
+    client: httpx.AsyncClient, service: Service, js: Any
+) -> None:
+    """The API still serves, but the relay cannot publish: readiness says so and why."""
+    assert (await client.get("/readyz")).json()["failing"] == {}
+    await js.delete_stream("ERP")  # an operator's mistake
+    await client.post(OPPORTUNITIES, json={"customer_id": "c", "title": "t", "owner": "o"})
+
+    async def degraded() -> Any:
+        ready = (await client.get("/readyz")).json()
+        return ready if ready["status"] == "degraded" and "relay" in ready["failing"] else None
+    ready = await eventually(degraded)
+    assert ready["checks"] == {"postgresql": "ok", "nats": "ok"} and "NotFound" in ready["failing"]["relay"]
 
 
 async def test_the_alert_rules_parse_and_use_only_metrics_we_export(client: httpx.AsyncClient) -> None:
