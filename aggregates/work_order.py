@@ -10,7 +10,8 @@ Rules chosen where the issue left a choice:
 - Quantities (planned, required, consumed, produced, scrap) are rounded to 3 decimal
   places, ROUND_HALF_UP; required = quantity per unit x planned, then rounded.
 - Consuming an item beyond its required quantity is refused, unless the tenant's
-  over-consumption allowance (percent of required, default 0) covers it.
+  over-consumption allowance (percent of required, default 0) covers it. Required is for the
+  planned quantity, or for the produced one once over-production took it beyond.
 - Producing beyond planned is refused beyond the tenant's over-production allowance
   (percent of planned, default 0). Scrap is recorded beside produced, never in it.
 - Completion needs produced + expected process loss >= planned, where the expected
@@ -380,6 +381,12 @@ class WorkOrder(Aggregate):
         if self.status is not Status.IN_PROGRESS:
             raise NotInProgress(f"cannot {doing}: the work order is {self.status.value}, not in progress")
 
+    def required_now(self, material: RequiredMaterial) -> Decimal:
+        """What the order needs of `material`: for the planned quantity, or for what was produced
+        when the over-production allowance took it beyond."""
+        for_produced = (material.quantity_per_unit * self.produced_quantity).quantize(QUANTITY, ROUND_HALF_UP)
+        return max(material.required_quantity, for_produced)
+
     def record_consumption(
         self,
         item_id: str,
@@ -398,9 +405,10 @@ class WorkOrder(Aggregate):
         quantity = _quantity(quantity, "quantity")
         unit_cost = _cost(unit_cost, "unit_cost")
         consumed = self.consumed[item_id]
-        allowed = _allowance(material.required_quantity, allowances.over_consumption_percent)
+        required = self.required_now(material)
+        allowed = _allowance(required, allowances.over_consumption_percent)
         if consumed + quantity > allowed:
-            raise OverConsumption(item_id, material.required_quantity, consumed, quantity, allowed)
+            raise OverConsumption(item_id, required, consumed, quantity, allowed)
         self._material_consumed(
             product_id=self.product_id,
             item_id=item_id,

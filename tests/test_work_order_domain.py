@@ -358,6 +358,12 @@ def test_over_production_within_the_tenants_allowance_is_accepted() -> None:
     with pytest.raises(OverProduction):
         order.record_production(D("0.001"), allowances=allowances)
     assert order.production_yield == D("1.1000")
+    # the 10 more need their material too: what is required follows what was produced
+    flour = order.materials["flour"]
+    order.record_consumption("flour", flour.quantity_per_unit * 110, D("50"))
+    with pytest.raises(OverConsumption) as refused:
+        order.record_consumption("flour", D("0.001"), D("50"))
+    assert refused.value.required == flour.quantity_per_unit * 110
 
 
 def test_scrap_is_recorded_beside_produced_quantity() -> None:
@@ -631,7 +637,9 @@ class WorkOrderMachine(RuleBasedStateMachine):
     @invariant()
     def consumption_stays_within_the_allowance(self) -> None:
         for item_id, consumed in self.order.consumed.items():
-            required = self.order.materials[item_id].required_quantity
+            material = self.order.materials[item_id]
+            for_produced = material.quantity_per_unit * self.order.produced_quantity
+            required = max(material.required_quantity, for_produced)
             assert consumed <= required * (100 + self.allowances.over_consumption_percent) / 100
 
     @invariant()
