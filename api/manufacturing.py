@@ -99,6 +99,7 @@ class NoFields(Body):
 
 
 class ProductPath(BaseModel):
+    model_config = ConfigDict(str_strip_whitespace=True)  # as the bodies naming a product are
     product_id: str = Field(min_length=1, max_length=200)
 
 

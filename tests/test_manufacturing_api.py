@@ -287,3 +287,11 @@ async def test_bad_fields_are_named(client: httpx.AsyncClient) -> None:
     assert await refused(client, f"{WORK_ORDERS}/{wid}/start") == (409, "NotReleased")
     empty = await client.post(f"{WORK_ORDERS}/{wid}/cancel")  # no body at all: no reason given
     assert empty.status_code == 200, empty.text
+
+
+async def test_a_product_named_in_the_path_is_the_one_named_in_bodies(client: httpx.AsyncClient) -> None:
+    """Spaces around a product id are dropped in the path as in the bodies: " cake " is cake."""
+    published = await post(client, f"{BOMS}/%20cake%20/versions", CAKE)
+    bill = await client.get(f"{BOMS}/cake", params={"min_position": published["log_position"]})
+    assert bill.status_code == 200 and bill.json()["product_id"] == "cake", bill.text
+    await started(client, planned=10)  # a work order for "cake" finds the bill
