@@ -130,15 +130,16 @@ def nats_url(settings: Settings) -> str:
     return url
 
 
-async def connect_once(url: str) -> NATS:
+async def connect_once(url: str, *, on_closed: Callable[[], Awaitable[None]] | None = None) -> NATS:
     """A connection for one command: refused within seconds, with one line saying so, when NATS
-    cannot be reached, instead of retrying (a service's connection retries for ever)."""
+    cannot be reached, instead of retrying (a service's connection retries for ever); closed,
+    not reconnected, when it drops (`on_closed`)."""
     async def quiet(_: Exception) -> None:
         pass
 
     try:
         client: NATS = await nats.connect(server_urls(url), allow_reconnect=False, connect_timeout=3,
-                                          max_reconnect_attempts=1, error_cb=quiet)
+                                          max_reconnect_attempts=1, error_cb=quiet, closed_cb=on_closed)
     except (nats.errors.Error, OSError, TimeoutError) as error:
         shown = re.sub(r"//[^/@]*@", "//", url)  # without a user and password
         raise click.ClickException(f"cannot reach NATS at {shown}: {error}") from None

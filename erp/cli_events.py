@@ -85,9 +85,16 @@ def tail(event_type: str | None, tenant: str | None, limit: int | None) -> None:
     settings = Settings()
 
     async def follow() -> None:
-        nc = await connect_once(nats_url(settings))
         shown = 0
         done = asyncio.Event()
+        lost = False
+
+        async def closed() -> None:
+            nonlocal lost
+            lost = not done.is_set()
+            done.set()
+
+        nc = await connect_once(nats_url(settings), on_closed=closed)
 
         async def each(msg: Any) -> None:
             nonlocal shown
@@ -105,8 +112,11 @@ def tail(event_type: str | None, tenant: str | None, limit: int | None) -> None:
         try:
             await done.wait()
         finally:
-            await sub.unsubscribe()
-            await nc.close()
+            if not nc.is_closed:
+                await sub.unsubscribe()
+                await nc.close()
+        if lost:
+            raise click.ClickException("the connection to NATS was lost")
 
     asyncio.run(follow())
 

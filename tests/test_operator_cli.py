@@ -5,17 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 from click.testing import CliRunner, Result
+from nats.js.api import StreamConfig
 
+import nats
 from erp.bootstrap import Service
 from erp.cli import main
-from tests.conftest import eventually, stream_matches_event_store
+from erp.embedded import EmbeddedNats
+from tests.conftest import ROOT, eventually, stream_matches_event_store
 from tests.test_rebuild import leave_a_gap
 
 OPPORTUNITIES = "/api/v1/crm/opportunities"
@@ -248,3 +255,26 @@ def test_setup_errors_are_one_line_each_and_fail_fast() -> None:
         assert (result.exit_code, isinstance(result.exception, SystemExit)) == (1, True), result.output
         assert said in result.output and "Traceback" not in result.output and "pw" not in result.output
         assert time.monotonic() - started < 15, args
+
+
+def test_tail_ends_saying_so_when_nats_goes_away(tmp_path: Path) -> None:
+    """A command's connection does not reconnect: a tail whose server is gone must not wait
+    for ever in silence."""
+    async def erp_stream(url: str) -> None:
+        nc = await nats.connect(url)
+        await nc.jetstream().add_stream(StreamConfig(name="ERP", subjects=["erp.>"]))
+        await nc.close()
+
+    server = EmbeddedNats(tmp_path / "nats")
+    url = server.start()
+    try:
+        asyncio.run(erp_stream(url))
+        following = subprocess.Popen([sys.executable, "-m", "erp", "events", "tail"], cwd=ROOT,
+                                     env={**os.environ, "ERP_NATS_URL": url}, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        time.sleep(2.0)  # subscribed
+        assert following.poll() is None
+    finally:
+        server.stop()
+    output, _ = following.communicate(timeout=20)
+    assert following.returncode == 1 and b"the connection to NATS was lost" in output, output
