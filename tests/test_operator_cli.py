@@ -265,6 +265,13 @@ def test_tail_ends_saying_so_when_nats_goes_away(tmp_path: Path) -> None:
         await nc.jetstream().add_stream(StreamConfig(name="ERP", subjects=["erp.>"]))
         await nc.close()
 
+    async def consumers(url: str) -> int:
+        nc = await nats.connect(url)
+        try:
+            return int((await nc.jetstream().stream_info("ERP")).state.consumer_count)
+        finally:
+            await nc.close()
+
     server = EmbeddedNats(tmp_path / "nats")
     url = server.start()
     try:
@@ -272,8 +279,10 @@ def test_tail_ends_saying_so_when_nats_goes_away(tmp_path: Path) -> None:
         following = subprocess.Popen([sys.executable, "-m", "erp", "events", "tail"], cwd=ROOT,
                                      env={**os.environ, "ERP_NATS_URL": url}, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
-        time.sleep(2.0)  # subscribed
-        assert following.poll() is None
+        deadline = time.monotonic() + 30
+        while not asyncio.run(consumers(url)):  # until the tail has subscribed
+            assert following.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
     finally:
         server.stop()
     output, _ = following.communicate(timeout=20)
