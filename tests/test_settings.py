@@ -100,3 +100,22 @@ async def test_business_terms_are_validated_versioned_and_attributed(client: htt
         shown = (await client.get(f"/api/v1/{path}/{created['id']}",
                                   params={"min_position": created["log_position"]})).json()
         assert shown["currency"] == currency, (path, shown)
+
+
+async def test_every_settings_change_honours_if_match(client: httpx.AsyncClient) -> None:
+    """Two admins editing the settings at once: the second, on a stale version, is 412."""
+    changes = {
+        "/api/v1/settings/business-terms": {"currency": "KES", "payment_terms_days": 30},
+        "/api/v1/settings/tolerances": {"over_receipt_percent": 5, "over_production_percent": 0,
+                                        "over_consumption_percent": 0},
+    }
+    for path, body in changes.items():
+        seen = await client.get("/api/v1/settings")
+        etag = seen.headers["etag"]
+        stale = f'"{int(etag.strip(chr(34))) - 1}"'
+        refused = await client.post(path, json=body, headers={"If-Match": stale})
+        assert refused.status_code == 412, (path, refused.text)
+        accepted = await client.post(path, json=body, headers={"If-Match": etag})
+        assert accepted.status_code == 200, (path, accepted.text)
+        again = await client.post(path, json=body, headers={"If-Match": etag})  # now stale itself
+        assert again.status_code == 412, (path, again.text)

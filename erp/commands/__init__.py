@@ -168,21 +168,26 @@ class Loader:
 
     def target(self, kind: type[A], aggregate_id: UUID) -> A:
         """The aggregate the command is about; If-Match applies to it."""
-        aggregate = self.get(kind, aggregate_id)
+        return self._matching(self.get(kind, aggregate_id))
+
+    def _matching(self, aggregate: A) -> A:
         expected = self._expected_version
         if expected is not None and aggregate.version != expected:
-            raise StaleVersion(
-                f"{kind_name(kind)} {aggregate_id} is at version {aggregate.version}, not {expected}"
-            )
+            raise StaleVersion(f"{kind_name(type(aggregate))} {aggregate.id} is at version "
+                               f"{aggregate.version}, not {expected}")
         return aggregate
 
     def settings(self) -> TenantSettings:
-        """The tenant and its settings, loaded now, to change them; refused for a tenant the
-        auth service never announced."""
+        """The tenant and its settings, loaded now; refused for a tenant the auth service never
+        announced."""
         found = self.find(TenantSettings, TenantSettings.id_for(self.tenant_id))
         if found is None:
             raise UnknownTenant(self.tenant_id)
         return found
+
+    def target_settings(self) -> TenantSettings:
+        """The tenant's settings as the command's target, to change them: If-Match applies."""
+        return self._matching(self.settings())
 
     def read_settings(self) -> TenantSettings:
         """The tenant's settings to decide by: possibly a few seconds old, shared between

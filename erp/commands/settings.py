@@ -15,7 +15,7 @@ async def configure(
     """Applies one settings change (stages, approvals or tolerances) to the tenant's settings."""
 
     def decide(load: Loader) -> TenantSettings:
-        settings = load.settings()
+        settings = load.target_settings()
         change(settings)
         return settings
 
