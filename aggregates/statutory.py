@@ -32,6 +32,7 @@ from aggregates.money import MAX_AMOUNT, to_cents
 ZERO = Decimal("0.00")
 
 _PERIOD = re.compile(r"(\d{4})-(\d{2})")
+FIRST_YEAR = 1900  # no payroll month or date before it (year 0 is no date at all)
 _MONTH_OR_DAY = re.compile(r"(\d{4})-(\d{2})(?:-(\d{2}))?")
 
 
@@ -68,6 +69,8 @@ def parse_period(period: str, field: str = "period") -> tuple[int, int]:
     found = _PERIOD.fullmatch(period)
     if found is None or not 1 <= int(found[2]) <= 12:
         raise InvalidPeriod(f"period {period!r} is not a month written YYYY-MM", field=field)
+    if int(found[1]) < FIRST_YEAR:
+        raise InvalidPeriod(f"period {period!r} is before {FIRST_YEAR}", field=field)
     return int(found[1]), int(found[2])
 
 
@@ -86,9 +89,12 @@ def parse_date(value: str, field: str) -> date:
     try:
         if len(value) != 10:
             raise ValueError(value)
-        return date.fromisoformat(value)
+        found = date.fromisoformat(value)
     except ValueError:
         raise InvalidDate(f"{field} {value!r} is not a date written YYYY-MM-DD", field=field) from None
+    if found.year < FIRST_YEAR:
+        raise InvalidDate(f"{field} {value!r} is before {FIRST_YEAR}", field=field)
+    return found
 
 
 def _in_force_from(effective_from: str) -> date:

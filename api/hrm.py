@@ -33,7 +33,7 @@ RUNS = "/api/v1/hrm/payroll-runs"
 PAYROLL = "/api/v1/hrm/payroll"
 COMMAND_ERRORS = (400, 404, 409, 412, 422, 503)
 
-PERIOD_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
+PERIOD_PATTERN = r"^(19|[2-9]\d)\d{2}-(0[1-9]|1[0-2])$"  # from 1900 (statutory.FIRST_YEAR)
 Money = Field(gt=0, max_digits=18, decimal_places=2)
 
 

@@ -22,6 +22,7 @@ from aggregates.statutory import (
     DeductionsExceedGross,
     Employment,
     HealthScheme,
+    InvalidDate,
     InvalidPeriod,
     InvalidRules,
     NegativeAmount,
@@ -30,6 +31,7 @@ from aggregates.statutory import (
     Payslip,
     TaxBand,
     UnknownEmployment,
+    parse_date,
     payslip,
     rules_for,
 )
@@ -184,10 +186,17 @@ def test_no_rules_are_in_force_before_july_2023() -> None:
     assert refused.value.field == "period"
 
 
-@pytest.mark.parametrize("period", ["2026-13", "2026-2", "26-02", "2026-02-01", ""])
+@pytest.mark.parametrize("period", ["2026-13", "2026-2", "26-02", "2026-02-01", "", "0000-01", "1899-12"])
 def test_a_period_must_be_a_month(period: str) -> None:
     with pytest.raises(InvalidPeriod):
         rules_for(period)
+
+
+@pytest.mark.parametrize("on", ["0001-01-01", "1899-12-31"])
+def test_a_date_before_1900_is_refused_by_name(on: str) -> None:
+    with pytest.raises(InvalidDate) as refused:
+        parse_date(on, "hired_on")
+    assert refused.value.field == "hired_on" and "before 1900" in str(refused.value)
 
 
 def test_a_tenant_override_applies_only_from_its_own_date() -> None:
