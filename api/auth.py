@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aggregates.tenant_settings import valid_tenant_id
-from api.problems import problem
+from api.problems import BadRequest, problem
 from erp.api_keys import ApiKeys
 from erp.bootstrap import Service
 from erp.identity import Forbidden, KeysUnavailable, Principal, TokenVerifier, Unauthenticated, scopes_for
@@ -41,7 +41,8 @@ class Authenticator:
         api_key = headers.get("x-api-key")
         tenant_header = headers.get("x-tenant-id")
         if tenant_header is not None and not valid_tenant_id(tenant_header):
-            raise Unauthenticated("malformed X-Tenant-ID")
+            raise BadRequest("X-Tenant-ID is not a tenant id: 1-128 of letters, digits and . _ : -",
+                             field="header.X-Tenant-ID")
         if api_key is not None:
             return await self._api_key(api_key, tenant_header)
         scheme, _, token = authorization.partition(" ")
@@ -88,6 +89,10 @@ class Authentication:
             return
         except Forbidden as refused:
             await problem(403, "Forbidden", str(refused))(scope, receive, send)
+            return
+        except BadRequest as refused:  # no credential at fault: another token would not help
+            await problem(400, "Bad request", refused.detail,
+                          errors=[{"field": refused.field, "message": refused.detail}])(scope, receive, send)
             return
         except (KeysUnavailable, psycopg.OperationalError, PoolTimeout, PoolClosed) as error:
             log.warning("credentials cannot be checked", error=str(error))

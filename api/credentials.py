@@ -74,10 +74,18 @@ def _name(request: Request) -> str:
     return name
 
 
+# The signing secrets of the tenant's webhook endpoints: made with the endpoint, gone with it.
+SERVICE_MANAGED = ("webhook-out.",)
+
+
 def _operators_only(name: str) -> Response | None:
     if name.startswith(OPERATORS_ONLY):
         return problem(403, "Forbidden", f"credential {name!r}: peer.* credentials say where the service "
                        "calls out and are set by the platform's operators (erp secrets set)")
+    if name.startswith(SERVICE_MANAGED):
+        return problem(403, "Forbidden", f"credential {name!r} signs a webhook endpoint's deliveries: it is "
+                       "made when the endpoint is registered and goes when it is deleted "
+                       "(/api/v1/settings/webhooks)")
     return None
 
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from aggregates.errors import DomainError, InvalidValue
 from api.responses import ProblemJSON
@@ -140,7 +141,13 @@ async def on_stopping(request: Request, exc: Exception) -> Response:
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return problem(exc.status_code, exc.detail, f"{request.method} {request.url.path}: {exc.detail}")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # Starlette names the methods of the first route of the path only
+        allowed = {m for route in request.app.routes if isinstance(route, Route)
+                   and route.matches(request.scope)[0] is Match.PARTIAL for m in route.methods or ()}
+        headers["Allow"] = ", ".join(sorted(allowed))
+    return problem(exc.status_code, exc.detail, f"{request.method} {request.url.path}: {exc.detail}",
+                   headers=headers)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:

@@ -176,6 +176,13 @@ async def test_the_tenant_comes_from_the_token_and_a_mismatched_header_is_refuse
     assert response.status_code == 403
     response = await client.get(OPPORTUNITIES, headers={"X-Tenant-ID": "tenant-a"})
     assert response.status_code == 200
+    malformed = await client.get(OPPORTUNITIES, headers={"X-Tenant-ID": "bad tenant!"})
+    assert malformed.status_code == 400 and malformed.json()["errors"][0]["field"] == "header.X-Tenant-ID"
+
+
+async def test_a_method_a_route_does_not_take_is_405_with_allow(client: httpx.AsyncClient) -> None:
+    response = await client.put(OPPORTUNITIES, json={})
+    assert response.status_code == 405 and set(response.headers["allow"].split(", ")) >= {"GET", "POST"}
 
 
 async def test_commands_for_an_unregistered_tenant_are_refused(client: httpx.AsyncClient) -> None:
@@ -438,9 +445,11 @@ async def test_a_credential_set_through_the_api_is_never_shown_or_logged(
 
 async def test_where_the_service_calls_out_is_not_for_tenants_to_set(client: httpx.AsyncClient) -> None:
     """A tenant could otherwise aim the service's requests at the platform's own network."""
-    for name in ("peer.treasury.url", "peer.notifications.credential"):
+    for name in ("peer.treasury.url", "peer.notifications.credential", "webhook-out.0b7d6f0e"):
         put = await client.put(f"/api/v1/integrations/credentials/{name}", json={"value": "http://10.0.0.7"})
-        assert put.status_code == 403 and "set by the platform's operators" in put.json()["detail"], put.text
+        detail = put.json()["detail"]
+        assert put.status_code == 403 and name in detail, put.text
+        assert ("the platform's operators" if name.startswith("peer.") else "webhook endpoint") in detail
         assert (await client.delete(f"/api/v1/integrations/credentials/{name}")).status_code == 403
     assert (await client.get("/api/v1/integrations/credentials")).json()["items"] == []
 
