@@ -106,7 +106,8 @@ def document(routes: Sequence[BaseRoute], title: str, version: str) -> dict[str,
                 ok["content"] = {"application/json": {
                     "schema": _schema_ref(spec.response, components)}}
             op["responses"][str(spec.status)] = ok
-            for status in (*spec.errors, *((401, 403) if spec.scope else ())):
+            for status in (*spec.errors, *((401, 403) if spec.scope else ()),
+                           *((413, 415) if spec.body is not None else ())):
                 op["responses"][str(status)] = {
                     "description": "problem", "content": {"application/problem+json": {
                         "schema": _PROBLEM}}}

@@ -47,6 +47,11 @@ class BodyTooLarge(Exception):
         super().__init__(f"the request body is larger than {limit} bytes")
 
 
+class UnsupportedMediaType(Exception):
+    def __init__(self, given: str) -> None:
+        super().__init__(f"the body must be JSON (Content-Type: application/json), not {given!r}")
+
+
 def _slug(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
 
@@ -108,6 +113,11 @@ async def on_too_large(request: Request, exc: Exception) -> Response:
     return problem(413, "Content too large", str(exc))
 
 
+async def on_unsupported_media_type(request: Request, exc: Exception) -> Response:
+    return problem(415, "Unsupported media type", str(exc),
+                   errors=[{"field": "header.Content-Type", "message": str(exc)}])
+
+
 async def on_forbidden(request: Request, exc: Exception) -> Response:
     return problem(403, "Forbidden", str(exc))
 
@@ -162,6 +172,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     NotFound: on_not_found,
     Forbidden: on_forbidden,
     BodyTooLarge: on_too_large,
+    UnsupportedMediaType: on_unsupported_media_type,
     IdempotencyKeyReused: on_key_reused,
     VersionConflict: on_version_conflict,
     NotCaughtUp: on_not_caught_up,

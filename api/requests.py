@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import principal
-from api.problems import BadRequest, InvalidRequest
+from api.problems import BadRequest, InvalidRequest, UnsupportedMediaType
 from api.responses import JSON
 from erp.commands import CommandContext
 from erp.eventstore import EventMetadata, Saved
@@ -24,7 +24,17 @@ M = TypeVar("M", bound=BaseModel)
 _IF_MATCH = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
 
 
+def _json_media_type(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 async def body(request: Request, model: type[M]) -> M:
+    """The JSON body as `model`. A body said to be something else is refused (415); one sent
+    without a Content-Type is read as JSON."""
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not _json_media_type(content_type):
+        raise UnsupportedMediaType(content_type)
     raw = await request.body()
     try:
         found = model.model_validate_json(raw)

@@ -394,6 +394,16 @@ async def test_oversized_bodies_are_refused(client: httpx.AsyncClient) -> None:
     assert streamed.status_code == 413
 
 
+async def test_a_body_said_not_to_be_json_is_415(client: httpx.AsyncClient) -> None:
+    body = b'{"customer_id": "c", "title": "t", "owner": "o"}'
+    for given in ("text/plain", "application/x-www-form-urlencoded"):  # curl -d without a type
+        refused = await client.post(OPPORTUNITIES, content=body, headers={"Content-Type": given})
+        assert refused.status_code == 415 and refused.json()["errors"][0]["field"] == "header.Content-Type"
+    for accepted in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        created = await client.post(OPPORTUNITIES, content=body, headers={"Content-Type": accepted})
+        assert created.status_code == 201, created.text
+
+
 async def test_responses_carry_security_headers(client: httpx.AsyncClient) -> None:
     for response in (await client.get(OPPORTUNITIES), await client.get("/healthz"),
                      await client.get(OPPORTUNITIES, headers={"Authorization": ""})):
