@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,6 +11,7 @@ from starlette.requests import Request
 from api.problems import BadRequest
 from api.requests import tenant
 from erp.bootstrap import Service
+from projections.positions import NotCaughtUp
 from projections.tenancy import tenant_queries
 
 
@@ -36,7 +38,14 @@ async def caught_up(request: Request, projection: str, params: ReadQuery) -> int
     running = service(request)
     if params.min_position is not None:
         timeout = min(params.timeout, running.settings.read_wait_max_seconds)
-        await running.positions.wait(projection, params.min_position, timeout)
+        try:
+            await running.positions.wait(projection, params.min_position, timeout)
+        except NotCaughtUp:
+            head = await asyncio.to_thread(running.store.recorder.max_notification_id) or 0
+            if params.min_position > head:  # no command answered it: waiting again cannot help
+                raise BadRequest(f"min_position {params.min_position} is beyond the event store's last "
+                                 f"position ({head})", field="query.min_position") from None
+            raise
     return running.positions.position(projection)
 
 

@@ -161,12 +161,18 @@ async def test_if_match_refuses_a_stale_version(client: httpx.AsyncClient) -> No
     assert bad.status_code == 400
 
 
-async def test_waiting_for_a_position_never_reached_times_out_with_503(
-    client: httpx.AsyncClient,
+async def test_waiting_for_a_position_not_applied_yet_times_out_with_503(
+    client: httpx.AsyncClient, service: Service
 ) -> None:
-    response = await client.get(BASE, params={"min_position": 10**9, "timeout": 0.2})
+    projectors = next(task for task in service._tasks if task.get_name() == "projectors")
+    projectors.cancel()  # the read models stop where they are
+    await asyncio.gather(projectors, return_exceptions=True)
+    saved = (await client.post(BASE, json={"customer_id": "c", "title": "t", "owner": "o"})).json()
+    response = await client.get(BASE, params={"min_position": saved["log_position"], "timeout": 0.2})
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
+    beyond = await client.get(BASE, params={"min_position": 10**9, "timeout": 0.2})  # no command's
+    assert beyond.status_code == 400 and beyond.json()["errors"][0]["field"] == "query.min_position"
 
 
 async def test_ids_travel_in_headers(client: httpx.AsyncClient) -> None:
