@@ -84,8 +84,7 @@ def _operators_only(name: str) -> Response | None:
                        "calls out and are set by the platform's operators (erp secrets set)")
     if name.startswith(SERVICE_MANAGED):
         return problem(403, "Forbidden", f"credential {name!r} signs a webhook endpoint's deliveries: it is "
-                       "made when the endpoint is registered and goes when it is deleted "
-                       "(/api/v1/settings/webhooks)")
+                       "made when the endpoint is registered (/api/v1/settings/webhooks)")
     return None
 
 

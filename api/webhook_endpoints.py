@@ -4,8 +4,9 @@ status of every delivery. The signing secret is shown once, at registration."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,9 +20,11 @@ from api import requests as rq
 from api.auth import principal
 from api.openapi import operation
 from api.problems import problem
+from api.requests import IDEMPOTENCY
 from api.responses import JSON
 from erp import credentials
 from erp.commands import NotFound
+from erp.idempotency import IdempotencyKey, IdempotencyKeyReused
 from integrations.webhooks import not_public, secret_name
 from streams.catalogue import PAYLOADS_BY_SUBJECT
 
@@ -81,9 +84,13 @@ _COLUMNS = ", ".join(Endpoint.model_fields)
 
 
 @operation(scope="settings:write", summary="Register a webhook endpoint for chosen ERP event types",
-           body=RegisterEndpoint, response=RegisteredEndpoint, status=201, errors=(400, 422, 503))
+           body=RegisterEndpoint, response=RegisteredEndpoint, status=201, errors=(400, 422, 503),
+           headers=(IDEMPOTENCY,))
 async def register(request: Request) -> Response:
+    """With an Idempotency-Key a repeated registration answers the first (the same endpoint
+    and secret), never a second endpoint that would get every event again."""
     cmd = await rq.body(request, RegisterEndpoint)
+    ctx = await rq.command_context(request)  # validates the Idempotency-Key
     service = reads.service(request)
     if service.keyring is None:
         return problem(503, "Service unavailable", "webhooks need the tier-1 master keys")
@@ -91,7 +98,14 @@ async def register(request: Request) -> Response:
         raise EndpointNotPublic(f"url {cmd.url!r}: {refused}", field="url")
     await service.runner.check_tenant(rq.tenant(request))
     endpoint_id, secret, tenant = uuid4(), "whsec_" + secrets.token_urlsafe(32), rq.tenant(request)
-    async with service.owner_pool.connection() as conn:
+    async with service.owner_pool.connection() as conn, conn.transaction():
+        if ctx.idempotency is not None:
+            cur = await conn.execute(
+                "INSERT INTO idempotency_keys (tenant_id, key, fingerprint, aggregate_id, version) "
+                "VALUES (%s, %s, %s, %s, 1) ON CONFLICT DO NOTHING RETURNING aggregate_id",
+                (tenant, ctx.idempotency.key, ctx.idempotency.fingerprint, endpoint_id))
+            if await cur.fetchone() is None:  # the key's first request: answer it again
+                return await _registered_before(conn, service.keyring, tenant, ctx.idempotency)
         await credentials.put(conn, service.keyring, tenant, secret_name(endpoint_id), secret,
                               actor=principal(request).subject)
         cur = await conn.execute(
@@ -100,9 +114,28 @@ async def register(request: Request) -> Response:
             (endpoint_id, tenant, cmd.url, cmd.event_types, principal(request).subject))
         row = await cur.fetchone()
     assert row is not None
-    names = list(Endpoint.model_fields)
-    return JSON({**dict(zip(names, row, strict=True)), "secret": secret}, status_code=201,
-                headers={"Location": f"{BASE}/{endpoint_id}"})
+    return _registered(row, secret)
+
+
+def _registered(row: Sequence[Any], secret: str) -> Response:
+    found = dict(zip(list(Endpoint.model_fields), row, strict=True))
+    return JSON({**found, "secret": secret}, status_code=201,
+                headers={"Location": f"{BASE}/{found['endpoint_id']}"})
+
+
+async def _registered_before(conn: Any, keyring: credentials.Keyring, tenant: str,
+                             key: IdempotencyKey) -> Response:
+    cur = await conn.execute("SELECT fingerprint, aggregate_id FROM idempotency_keys "
+                             "WHERE tenant_id = %s AND key = %s", (tenant, key.key))
+    fingerprint, endpoint_id = await cur.fetchone()
+    if fingerprint != key.fingerprint:
+        raise IdempotencyKeyReused(key.key)
+    cur = await conn.execute(f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE endpoint_id = %s",
+                             (endpoint_id,))
+    row = await cur.fetchone()
+    if row is None:  # deleted since: the key's answer is gone with it
+        raise NotFound("webhook endpoint", endpoint_id)
+    return _registered(row, await credentials.reveal(conn, keyring, tenant, secret_name(endpoint_id)))
 
 
 @operation(scope="settings:read", summary="The tenant's webhook endpoints", response=Endpoints,

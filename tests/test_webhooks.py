@@ -101,6 +101,10 @@ async def test_a_registered_endpoint_gets_each_chosen_event_signed_retried_and_v
         listed = (await client.get("/api/v1/settings/webhooks")).json()["items"]
         assert [e["endpoint_id"] for e in listed] == [endpoint] and "secret" not in listed[0]
 
+        async def following() -> bool:  # the registration has reached the deliveries' consumer
+            info = await service.js.consumer_info(service.settings.stream, DURABLE)
+            return "erp.opportunity.won" in (info.config.filter_subjects or [])
+        await eventually(following)
         opportunity = (await client.post(OPPORTUNITIES, json={"customer_id": "c", "title": "t", "owner": "o",
                                                               "amount": 10})).json()["id"]
         await client.post(f"{OPPORTUNITIES}/{opportunity}/win", json={})
@@ -178,6 +182,23 @@ async def test_concurrent_deliveries_do_not_wait_for_each_other_s_connections(
         return response.status_code
 
     assert await asyncio.gather(*(deliver(i) for i in range(12))) == [202] * 12
+
+
+async def test_a_registration_repeated_with_its_idempotency_key_answers_the_first(
+    client: httpx.AsyncClient,
+) -> None:
+    """A client that lost the answer registers again: the same endpoint and secret, not a
+    second endpoint that would get every event twice."""
+    body = {"url": "https://hooks.example.com/erp", "event_types": ["erp.opportunity.won"]}
+    first = await client.post("/api/v1/settings/webhooks", json=body, headers={"Idempotency-Key": "wh-1"})
+    again = await client.post("/api/v1/settings/webhooks", json=body, headers={"Idempotency-Key": "wh-1"})
+    assert (first.status_code, again.status_code) == (201, 201), again.text
+    assert again.json() == first.json() and again.headers["location"] == first.headers["location"]
+    listed = (await client.get("/api/v1/settings/webhooks")).json()["items"]
+    assert [e["endpoint_id"] for e in listed] == [first.json()["endpoint_id"]]
+    other = await client.post("/api/v1/settings/webhooks", json={**body, "url": "https://other.example.com/"},
+                              headers={"Idempotency-Key": "wh-1"})
+    assert other.status_code == 422 and "was used for a different request" in other.text
 
 
 async def test_an_endpoint_must_be_a_public_https_address(
