@@ -133,7 +133,7 @@ def _validated_items(items: Iterable[tuple[str, Decimal, str]], product_id: str)
     validated: list[BomItem] = []
     seen: set[str] = set()
     for index, (item_id, quantity_per_unit, unit) in enumerate(items):
-        field = f"items[{index}]"
+        field = f"items.{index}"  # as the body names it
         if not item_id.strip():
             raise InvalidValue(f"{field}: an item needs an item_id", field=f"{field}.item_id")
         if item_id.strip() == product_id.strip():

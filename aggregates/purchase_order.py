@@ -443,7 +443,13 @@ class PurchaseOrder(Aggregate):
         if required_by is not None and _iso_date(required_by, "required_by") < ordered_on:
             raise RequiredByInPast(f"required_by {required_by} is before today ({today})",
                                    field="required_by")
-        records = [price_line(n, line).as_event_record() for n, line in enumerate(lines, start=1)]
+        records = []
+        for index, line in enumerate(lines):
+            try:
+                records.append(price_line(index + 1, line).as_event_record())
+            except InvalidValue as error:  # named as the body names it: lines.<index>.<field>
+                error.field = f"lines.{index}" + (f".{error.field}" if error.field else "")
+                raise
         return cls(
             tenant_id=_not_blank(tenant_id, "tenant_id"),
             number=number,

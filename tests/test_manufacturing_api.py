@@ -179,7 +179,8 @@ async def test_production_and_consumption_stay_within_the_tenants_allowances(
     await post(client, "/api/v1/settings/tolerances", {
         "over_receipt_percent": 0, "over_production_percent": 10, "over_consumption_percent": 20})
     await post(client, f"{one}/produce", {"quantity": 11})
-    await post(client, f"{one}/consume", {"item_id": "flour", "quantity": 3, "unit_cost": 1})
+    # 11 made need 11 x 0.25 kg of flour: 2.75, and 20 % over that
+    await post(client, f"{one}/consume", {"item_id": "flour", "quantity": 3.3, "unit_cost": 1})
     assert await refused(client, f"{one}/produce", {"quantity": 0.001}) == (409, "OverProduction")
     a_gram_more = {"item_id": "flour", "quantity": 0.001, "unit_cost": 1}
     assert await refused(client, f"{one}/consume", a_gram_more) == (409, "OverConsumption")

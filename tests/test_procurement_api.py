@@ -250,8 +250,9 @@ async def test_bad_values_are_422_naming_the_field(client: httpx.AsyncClient) ->
     assert {e["field"] for e in bad.json()["errors"]} == {"body.lines.0.quantity",
                                                           "body.lines.0.unit_price"}
     untaxed = await client.post(BASE, json={"vendor_id": "v",
-                                            "lines": [line(tax_rate=16)]})
+                                            "lines": [line(), line(tax_rate=16)]})
     assert (untaxed.status_code, untaxed.json()["rule"]) == (422, "TaxCodeRequired")
+    assert untaxed.json()["errors"][0]["field"] == "body.lines.1.tax_code"  # which line
     oid = (await created(client))["id"]
     unknown = await client.post(f"{BASE}/{oid}/update-line", json={"line_no": 9, **line()})
     assert (unknown.status_code, unknown.json()["rule"]) == (422, "UnknownLine")

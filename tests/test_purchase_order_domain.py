@@ -199,8 +199,8 @@ def test_a_line_needs_positive_quantity_and_price_not_below_zero(
     entered: OrderLine, error: type[InvalidValue], field: str
 ) -> None:
     with pytest.raises(error) as refused:
-        draft(entered)
-    assert refused.value.field == field
+        draft(line(), entered)  # the second line: named as the body names it
+    assert refused.value.field == f"lines.1.{field}"
 
 
 def test_a_free_line_is_allowed() -> None:

@@ -129,7 +129,7 @@ def test_cannot_publish_an_item_without_a_positive_quantity(quantity: Decimal) -
     bom = BillOfMaterials.create(tenant_id="t1", product_id="cake")
     with pytest.raises(QuantityNotPositive) as refused:
         bom.publish_version([("flour", D("1"), "kg"), ("sugar", quantity, "kg")])
-    assert refused.value.field == "items[1].quantity_per_unit"
+    assert refused.value.field == "items.1.quantity_per_unit"
     assert bom.latest_version == 0
 
 
@@ -151,10 +151,10 @@ def test_a_version_needs_items_each_listed_once() -> None:
         bom.publish_version([])
     with pytest.raises(DuplicateItem) as refused:
         bom.publish_version([("flour", D("1"), "kg"), ("flour", D("2"), "kg")])
-    assert refused.value.field == "items[1].item_id"
+    assert refused.value.field == "items.1.item_id"
     with pytest.raises(ItemIsTheProduct) as itself:  # it would take a cake to make a cake
         bom.publish_version([("flour", D("1"), "kg"), ("cake", D("1"), "pc")])
-    assert itself.value.field == "items[1].item_id"
+    assert itself.value.field == "items.1.item_id"
 
 
 def test_labour_cost_per_unit_cannot_be_negative() -> None:
