@@ -31,6 +31,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Err
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from aggregates.tenant_settings import valid_tenant_id
 from api.app import create_app
 from api.server import OneWriteProtocol
 from erp import inbound
@@ -286,6 +287,9 @@ def plausible(kind: mi.Type) -> st.SearchStrategy[Any]:
 FRESH_ID = "00000000-0000-4000-8000-000000000000"
 
 
+TENANT_IDS = st.from_regex(r"[A-Za-z0-9._:-]{1,20}", fullmatch=True)  # beside any text, refused inbound
+
+
 @st.composite
 def envelopes(draw: st.DrawFn, subjects: list[str], tenant: str | None = None,
               corrupt: bool = True) -> tuple[str, bytes]:
@@ -311,7 +315,7 @@ def envelopes(draw: st.DrawFn, subjects: list[str], tenant: str | None = None,
         "event_id": either(st.uuids().map(str)) if corrupt else FRESH_ID,
         "event_type": either(st.sampled_from([subject, subject, subject.upper(), f"{subject}.x", ""])
                              if corrupt else st.just(subject)),
-        "tenant_id": either(st.just(tenant) if tenant else st.text(max_size=20)),
+        "tenant_id": either(st.just(tenant) if tenant else TENANT_IDS | st.text(max_size=20)),
         "timestamp": either(plausible(mi.DateTimeType())),
         "data": draw(json_values) if dropped() else data,
     }
@@ -399,7 +403,7 @@ def test_the_inbound_consumer_refuses_malformed_events_as_unhandleable(figures: 
             return
         (envelope, ctx), = HANDED
         assert envelope.event_type == subject and isinstance(envelope.data, INBOUND_TYPES[subject])
-        assert ctx.tenant_id == envelope.tenant_id
+        assert ctx.tenant_id == envelope.tenant_id and valid_tenant_id(envelope.tenant_id)
         assert ctx.idempotency is not None and ctx.idempotency.key == f"inbound:{envelope.event_id}"
         runs["handed to its subscription"] += 1
 
