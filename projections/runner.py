@@ -322,6 +322,7 @@ class ProjectorGroup:
                     await self._save_checkpoints(conns, recent_too=True)
                     if not behind:
                         await self._check_not_stalled(active)
+                        await self._check_not_replaced(conns, active)
                     self._retry_due()
                     continue
                 batch = [Arrived.of(first)]
@@ -382,6 +383,17 @@ class ProjectorGroup:
                 raise
             except Exception as error:
                 self._fail(runner, error)
+
+    async def _check_not_replaced(self, conns: dict[ProjectorRunner, psycopg.AsyncConnection[Any]],
+                                  active: list[ProjectorRunner]) -> None:
+        """A rebuild swaps in tables that end before what was applied live, and moves the
+        checkpoint there: with no event coming to fail the next batch's guard, the runner finds
+        it here, when idle, and applies the rest to the new tables."""
+        cur = await conns[active[0]].execute("SELECT name, stream_seq FROM projection_checkpoints")
+        stored = {name: int(seq) for name, seq in await cur.fetchall()}
+        moved = [r.projection.name for r in active if stored.get(r.projection.name) != r.checkpoint[1]]
+        if moved:
+            raise Resubscribe(f"checkpoints moved by another writer (a rebuild's swap): {', '.join(moved)}")
 
     async def _check_not_stalled(self, active: list[ProjectorRunner]) -> None:
         last_seq = (await self._js.stream_info(self._stream)).state.last_seq

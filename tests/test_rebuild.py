@@ -219,6 +219,27 @@ async def test_a_swap_missed_while_the_listener_was_away_is_read_from_the_checkp
         await asyncio.gather(listening, return_exceptions=True)
 
 
+async def test_tables_swapped_in_behind_the_live_runner_catch_up_with_no_new_event(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    """A rebuild that ends before what the live runner applied, swapped in after the last
+    command: no event comes to fail the runner's guard, yet the new tables catch up."""
+    opened = [(await client.post(OPPORTUNITIES, json={"customer_id": "c", "title": f"t{i}", "owner": "o"}
+                                 )).json() for i in range(5)]
+    await caught_up(service)
+    async with await psycopg.AsyncConnection.connect(service.endpoints.database_url, autocommit=True) as conn:
+        # as a swap leaves them: the tables and the checkpoint two events behind
+        await conn.execute("DELETE FROM opportunities WHERE opportunity_id = ANY(%s)",
+                           ([o["id"] for o in opened[-2:]],))
+        await conn.execute("UPDATE projection_checkpoints SET stream_seq = stream_seq - 2, log_position = %s "
+                           "WHERE name = 'opportunities'", (opened[-3]["log_position"],))
+
+        async def all_there() -> bool:
+            cur = await conn.execute("SELECT count(*) FROM opportunities")
+            return bool((await cur.fetchone() or (0,))[0] == 5)
+        await eventually(all_there, timeout=30)
+
+
 class Interrupt(Exception):
     pass
 
