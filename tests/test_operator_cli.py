@@ -51,6 +51,10 @@ async def test_time_travel_shows_an_aggregate_at_any_version(
     at_two = (await asyncio.to_thread(erp, service, "events", "show", oid, "--version", "2")).output
     state = _state_line(at_two)
     assert '"stage": "proposal"' in state and '"status": "open"' in state and '"version": 2' in state
+    env = {"ERP_DATABASE_URL": service.endpoints.database_url}
+    never = await asyncio.to_thread(CliRunner().invoke, main, ["events", "show", oid, "--version", "9"],
+                                    env=env)
+    assert never.exit_code == 1 and "has 3 versions, not 9" in never.output and "state at" not in never.output
     when_staged = lines[1].split()[1]  # the StageChanged event's exact time
     back_then = (await asyncio.to_thread(erp, service, "events", "show", oid, "--at", when_staged)).output
     assert '"version": 2' in _state_line(back_then) and '"stage": "proposal"' in back_then
@@ -248,6 +252,8 @@ def test_setup_errors_are_one_line_each_and_fail_fast() -> None:
         (["projections", "status"], unreachable, "cannot reach PostgreSQL"),
         (["projections", "status"], {**unreachable, "ERP_STREAM_REPLICAS": "abc"},
          "ERP_STREAM_REPLICAS: Input"),
+        (["projections", "status"], {**unreachable, "ERP_LOG_LEVEL": "loud"},
+         "ERP_LOG_LEVEL: Input should be"),
     ]
     for args, env, said in cases:
         started = time.monotonic()
