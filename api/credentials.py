@@ -78,7 +78,7 @@ def _name(request: Request) -> str:
 SERVICE_MANAGED = ("webhook-out.",)
 
 
-def _operators_only(name: str) -> Response | None:
+def _reserved(name: str) -> Response | None:
     if name.startswith(OPERATORS_ONLY):
         return problem(403, "Forbidden", f"credential {name!r}: peer.* credentials say where the service "
                        "calls out and are set by the platform's operators (erp secrets set)")
@@ -100,7 +100,7 @@ async def list_credentials(request: Request) -> Response:
            summary="Set an integration credential, encrypted at rest (AES-256-GCM)",
            body=SetCredential, response=CredentialView, errors=(400, 403, 422, 503))
 async def set_credential(request: Request) -> Response:
-    if refused := _operators_only(_name(request)):
+    if refused := _reserved(_name(request)):
         return refused
     cmd = await rq.body(request, SetCredential)
     keyring = reads.service(request).keyring
@@ -119,7 +119,7 @@ async def set_credential(request: Request) -> Response:
 @operation(scope="credentials:manage", summary="Delete an integration credential", errors=(403, 404),
            status=204)
 async def delete_credential(request: Request) -> Response:
-    if refused := _operators_only(_name(request)):
+    if refused := _reserved(_name(request)):
         return refused
     async with _owner_connection(request) as conn:
         deleted = await credentials.delete(conn, rq.tenant(request), _name(request))

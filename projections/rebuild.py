@@ -59,9 +59,12 @@ COLLECT_EVERY = 500_000  # events between two runs of the cycle collector during
 class InterruptedRebuild(Exception):
     def __init__(self, name: str, source: str, position: int, *, resuming_from: str | None = None) -> None:
         found = f"an interrupted rebuild of {name} (from the {source}) reached position {position}"
-        super().__init__(f"{found}: it resumes from the {source} only; discard it (--discard) to rebuild "
-                         f"from the {resuming_from}" if resuming_from
-                         else f"{found}: resume it (--resume) or discard it (--discard)")
+        if resuming_from:
+            found += (f": it resumes from the {source} only; discard it (--discard) to rebuild from the "
+                      f"{resuming_from}")
+        else:
+            found += ": resume it (--resume) or discard it (--discard)"
+        super().__init__(found)
 
 
 class RebuildRunning(Exception):
