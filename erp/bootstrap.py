@@ -46,7 +46,7 @@ from projections.tenancy import as_api_role, isolate_tenants
 from projections.users import UsersProjection
 from projections.work_orders import BomsProjection, WorkOrdersProjection
 from streams.inbound import InboundConsumer, Subscription, ensure_dead_letter_stream
-from streams.jetstream import connect, ensure_stream
+from streams.jetstream import connect, ensure_stream, until_settled
 from streams.leadership import lead, stop_tasks
 from streams.relay import Relay
 
@@ -211,12 +211,12 @@ class Service:
             self.reactions = TreasuryReactions(
                 self.js, s.stream, self.runner, self.owner_pool, self.keyring, self.peer_transport,
                 self.positions, s.dead_letter_stream, max_deliver=s.inbound_max_deliver)
-            await self.reactions.start()
+            await until_settled(self.reactions.start, "the reactions' consumer")
             self._spawn("reactions:treasury", self.reactions.run())
             self.webhooks = WebhookDeliveries(self.js, s.stream, url, self.owner_pool, self.keyring,
                                               private_addresses=s.webhook_private_addresses,
                                               max_attempts=s.inbound_max_deliver)
-            await self.webhooks.start()
+            await until_settled(self.webhooks.start, "the webhook deliveries' consumer")
             self._spawn("webhooks", self.webhooks.run())
             self._spawn("webhook-endpoints", self.webhooks.follow())
         if s.run_relay:

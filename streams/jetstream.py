@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -64,24 +65,34 @@ SETTLING_SECONDS = 30.0  # how long ensure_stream waits for a settling cluster
 
 
 async def ensure_stream(js: JetStreamContext, name: str, replicas: int) -> None:
-    """Creates or updates the stream; a cluster that is still settling (a peer offline, no
-    meta leader yet) is given `SETTLING_SECONDS` before the error is raised."""
+    """Creates or updates the stream, once the cluster has settled (`until_settled`)."""
     config = stream_config(name, replicas)
+
+    async def create_or_update() -> None:
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            await js.add_stream(config)
+            log.info("stream created", stream=name)
+            return
+        await js.update_stream(config)
+
+    await until_settled(create_or_update, f"stream {name}")
+
+
+async def until_settled(work: Callable[[], Awaitable[None]], what: str) -> None:
+    """Runs `work` (a JetStream request at start-up); a cluster that is still settling (a peer
+    offline, no meta leader yet, a request timing out while leaders are elected) is given
+    `SETTLING_SECONDS` before its error is raised."""
     deadline = asyncio.get_running_loop().time() + SETTLING_SECONDS
     while True:
         try:
-            try:
-                await js.stream_info(name)
-            except NotFoundError:
-                await js.add_stream(config)
-                log.info("stream created", stream=name)
-                return
-            await js.update_stream(config)
+            await work()
             return
         except (nats.errors.TimeoutError, APIError) as error:
             if not _settling(error) or asyncio.get_running_loop().time() > deadline:
                 raise
-            log.warning("JetStream cluster settling; trying again", stream=name, error=str(error))
+            log.warning("JetStream cluster settling; trying again", what=what, error=str(error))
             await asyncio.sleep(1.0)
 
 
