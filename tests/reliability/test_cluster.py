@@ -167,8 +167,15 @@ async def _load_and_kill_the_leader(service: Service, cluster: NatsCluster, js: 
             return bool((await js.stream_info("ERP")).state.last_seq >= total)
 
         await eventually(published_everything, timeout=60)
-        await stream_matches_event_store(js, database_url, total)
-        messages = await read_stream(js, total)
+        for attempt in range(3):  # a consumer made right after the leader's death may time out
+            try:
+                await stream_matches_event_store(js, database_url, total)
+                messages = await read_stream(js, total)
+                break
+            except nats.errors.TimeoutError:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(2.0)
         ids = Counter(m.headers[env.MSG_ID] for m in messages)
         for aggregate_id, version, position in load.acknowledged:
             event_id = str(env.event_id(uuid.UUID(aggregate_id), version))
